@@ -1,0 +1,178 @@
+//! OpenAI chat and completions streaming (also vLLM, SGLang, llama.cpp, TRT-LLM).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    sample_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent, Protocol,
+    Usage,
+};
+
+/// OpenAI-compatible protocol; `chat` selects `/v1/chat/completions`.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenAi {
+    /// Chat route (true) or legacy completions route (false).
+    pub chat: bool,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+}
+
+fn non_empty(s: &Option<Cow<'_, str>>) -> bool {
+    s.as_deref().is_some_and(|t| !t.is_empty())
+}
+
+impl Choice<'_> {
+    fn has_content(&self) -> bool {
+        non_empty(&self.text)
+            || self
+                .delta
+                .as_ref()
+                .is_some_and(|d| non_empty(&d.content) || non_empty(&d.reasoning_content))
+    }
+}
+
+impl Protocol for OpenAi {
+    fn build(&self, req: &GenRequest) -> HttpRequestSpec {
+        let mut body = if self.chat {
+            json!({"model": req.model, "messages": [{"role": "user", "content": req.prompt}]})
+        } else {
+            json!({"model": req.model, "prompt": req.prompt})
+        };
+        body["stream"] = json!(true);
+        body["max_tokens"] = json!(req.max_tokens);
+        body["stream_options"] = json!({"include_usage": true});
+        if req.ignore_eos {
+            body["ignore_eos"] = json!(true);
+        }
+        let path = if self.chat {
+            "/v1/chat/completions"
+        } else {
+            "/v1/completions"
+        };
+        HttpRequestSpec {
+            path: path.to_owned(),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn framing(&self) -> Framing {
+        Framing::Sse
+    }
+
+    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+        let data = data.trim();
+        if data == "[DONE]" {
+            return Ok(ParsedEvent {
+                done: true,
+                ..Default::default()
+            });
+        }
+        let chunk: Chunk<'_> =
+            serde_json::from_str(data).map_err(|_| MalformedMessage(sample_text(data, 200)))?;
+        if let Some(err) = chunk.error {
+            return Ok(ParsedEvent {
+                error: Some(sample_text(&err.to_string(), 300)),
+                ..Default::default()
+            });
+        }
+        let content = chunk
+            .choices
+            .as_ref()
+            .is_some_and(|cs| cs.iter().any(Choice::has_content));
+        let usage = chunk.usage.map(|u| Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+        });
+        Ok(ParsedEvent {
+            content,
+            usage,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: OpenAi = OpenAi { chat: true };
+
+    #[test]
+    fn role_only_chunk_is_not_content() {
+        let e = CHAT
+            .parse(None, r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#)
+            .unwrap();
+        assert!(!e.content);
+    }
+
+    #[test]
+    fn content_and_usage_are_read() {
+        let e = CHAT
+            .parse(None, r#"{"choices":[{"delta":{"content":"Hi"}}],"usage":null}"#)
+            .unwrap();
+        assert!(e.content);
+        let u = CHAT
+            .parse(None, r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#)
+            .unwrap();
+        assert_eq!(u.usage.unwrap().output_tokens, Some(7));
+        assert!(CHAT.parse(None, "[DONE]").unwrap().done);
+    }
+
+    #[test]
+    fn error_object_is_an_error_not_content() {
+        let e = CHAT
+            .parse(None, r#"{"error":{"message":"boom","type":"server_error"}}"#)
+            .unwrap();
+        assert!(e.error.unwrap().contains("boom"));
+        assert!(CHAT.parse(None, "{not json").is_err());
+    }
+
+    #[test]
+    fn completions_text_counts() {
+        let p = OpenAi { chat: false };
+        assert!(p.parse(None, r#"{"choices":[{"text":" a"}]}"#).unwrap().content);
+        let spec = p.build(&GenRequest {
+            model: "m".into(),
+            prompt: "p".into(),
+            max_tokens: 3,
+            ignore_eos: true,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(spec.path, "/v1/completions");
+        assert_eq!(v["max_tokens"], 3);
+        assert_eq!(v["ignore_eos"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+}

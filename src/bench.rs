@@ -1,0 +1,179 @@
+//! `throtl bench`: opens outputs, checks the target, runs the engine, builds
+//! the report. A short pipeline; each step lives in its own function.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use tokio::sync::watch;
+
+use crate::config::{BenchConfig, ConfigError};
+use crate::engine::{self, Controls, LoadPlan};
+use crate::engine::request::{error_chain, Transport};
+use crate::engine::workload::PromptSource;
+use crate::progress::Progress;
+use crate::report::RunReport;
+use crate::stats::aggregator::RecordsOut;
+use crate::stats::{Aggregator, Snapshot};
+use crate::summary;
+
+/// Failures that stop a bench before or after it measured.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The target could not be reached at all.
+    #[error("cannot reach {url}: {reason}. Is the server running, and is --url right?")]
+    Unreachable {
+        /// Target URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An output file could not be created or written.
+    #[error("cannot write '{path}': {source}. Check that the directory exists and is writable")]
+    Output {
+        /// The path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Internal failure (threads, runtime).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Output files, created before any load so a bad path fails at once.
+pub struct Outputs {
+    json: Option<(PathBuf, File)>,
+    records: Option<(PathBuf, File)>,
+}
+
+fn create(path: &Path) -> Result<(PathBuf, File), BenchError> {
+    File::create(path)
+        .map(|f| (path.to_owned(), f))
+        .map_err(|source| BenchError::Output { path: path.to_owned(), source })
+}
+
+impl Outputs {
+    /// Creates (truncates) every requested output file.
+    pub fn open(cfg: &BenchConfig) -> Result<Self, BenchError> {
+        Ok(Self {
+            json: cfg.json_out.as_deref().map(create).transpose()?,
+            records: cfg.records_out.as_deref().map(create).transpose()?,
+        })
+    }
+}
+
+/// Runs a whole bench: validate, open outputs, probe, measure, report, write.
+pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
+    cfg.validate()?;
+    let mut outputs = Outputs::open(cfg)?;
+    let client = build_client()?;
+    preflight(&client, &cfg.url).await?;
+    let transport = Arc::new(build_transport(cfg, client)?);
+    let report = measure(cfg, transport, controls, outputs.records.take()).await?;
+    if let Some((path, file)) = outputs.json.take() {
+        write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
+    }
+    Ok(report)
+}
+
+async fn measure(
+    cfg: &BenchConfig,
+    transport: Arc<Transport>,
+    controls: Controls,
+    records: Option<(PathBuf, File)>,
+) -> Result<RunReport, BenchError> {
+    let started_wall = time::OffsetDateTime::now_utc();
+    let origin = Instant::now();
+    let cpu_before = crate::sys::cpu_time();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let records_out = records.map(|(_, f)| RecordsOut {
+        writer: Box::new(BufWriter::with_capacity(1 << 16, f)) as Box<dyn Write + Send>,
+        origin,
+    });
+    let aggregator = Aggregator::start(rx, cfg.input_tokens, records_out, snap_tx)
+        .map_err(|e| BenchError::Internal(e.to_string()))?;
+    let progress = Progress::start(cfg.progress, snap_rx, cfg.stop, cfg.warmup);
+    let plan = Arc::new(LoadPlan {
+        concurrency: cfg.concurrency,
+        stop: cfg.stop,
+        warmup: cfg.warmup,
+        model: cfg.model.clone(),
+        max_tokens: cfg.output_tokens,
+        ignore_eos: cfg.ignore_eos,
+        prompts: PromptSource::new(cfg.input_tokens, cfg.seed),
+    });
+    let outcome = engine::run_closed_loop(transport, plan, tx, controls).await;
+    let stats = aggregator.finish().map_err(|source| BenchError::Output {
+        path: cfg.records_out.clone().unwrap_or_default(),
+        source,
+    })?;
+    progress.finish();
+    let cpu = match (cpu_before, crate::sys::cpu_time()) {
+        (Some(a), Some(b)) => Some((b - a).as_secs_f64()),
+        _ => None,
+    };
+    Ok(summary::build(cfg, &stats, &outcome, started_wall, cpu))
+}
+
+/// Serialises the report as pretty JSON.
+pub fn write_json(report: &RunReport, file: File) -> std::io::Result<()> {
+    let mut w = BufWriter::new(file);
+    serde_json::to_writer_pretty(&mut w, report)?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+/// The HTTP client: one pool for the run, no proxy (a proxy would distort
+/// every timing), Nagle off so small requests leave at once.
+pub fn build_client() -> Result<reqwest::Client, BenchError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| BenchError::Internal(error_chain(&e)))
+}
+
+/// Fails fast when nothing answers at the target's address.
+async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), BenchError> {
+    let probe = client.get(url).timeout(Duration::from_secs(10)).send().await;
+    match probe {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_connect() || e.is_timeout() => Err(BenchError::Unreachable {
+            url: url.to_owned(),
+            reason: error_chain(&e),
+        }),
+        Err(_) => Ok(()), // a server that answers oddly to GET / is still there
+    }
+}
+
+fn build_transport(cfg: &BenchConfig, client: reqwest::Client) -> Result<Transport, BenchError> {
+    let mut headers = HeaderMap::new();
+    let key_var = cfg.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
+    if let Ok(key) = std::env::var(key_var) {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+            ConfigError(format!("the API key in ${key_var} contains characters not allowed in an HTTP header"))
+        })?;
+        v.set_sensitive(true);
+        headers.insert(AUTHORIZATION, v);
+    } else if cfg.api_key_env.is_some() {
+        return Err(ConfigError(format!("--api-key-env names '{key_var}', but that environment variable is not set")).into());
+    }
+    Ok(Transport {
+        client,
+        base: cfg.url.clone(),
+        headers,
+        protocol: Arc::from(cfg.api.protocol()),
+        timeout: cfg.timeout,
+    })
+}

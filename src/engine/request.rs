@@ -1,0 +1,257 @@
+//! Executes one streamed request and fills its record.
+//!
+//! Every instant is taken right after the socket read returns, before the
+//! bytes are decoded or parsed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use tokio_util::sync::CancellationToken;
+
+use super::record::{ErrorClass, RequestRecord};
+use crate::api::{sample_text, Framing, GenRequest, Protocol};
+use crate::stream::{NdjsonDecoder, SseDecoder, SseEvent};
+
+/// Longest error-body sample kept per error class.
+const SAMPLE_BYTES: usize = 300;
+
+/// Everything needed to send requests to one target.
+pub struct Transport {
+    /// Shared connection pool.
+    pub client: reqwest::Client,
+    /// Base URL without trailing slash, e.g. `http://127.0.0.1:8000`.
+    pub base: String,
+    /// Extra headers (authentication included) sent with every request.
+    pub headers: HeaderMap,
+    /// The wire protocol.
+    pub protocol: Arc<dyn Protocol>,
+    /// Per-request deadline, from send to end of stream.
+    pub timeout: Duration,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+struct Decoder {
+    framing: Framing,
+    sse: SseDecoder,
+    ndjson: NdjsonDecoder,
+    events: Vec<SseEvent>,
+    lines: Vec<String>,
+    done: bool,
+}
+
+impl Decoder {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            sse: SseDecoder::new(),
+            ndjson: NdjsonDecoder::new(),
+            events: Vec::new(),
+            lines: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Decodes a chunk that arrived at `at`, updating the record.
+    fn feed(&mut self, p: &dyn Protocol, bytes: &[u8], at: Instant, rec: &mut RequestRecord) -> Step {
+        match self.framing {
+            Framing::Sse => {
+                self.sse.feed(bytes, &mut self.events);
+                let events = std::mem::take(&mut self.events);
+                let step = self.apply_all(p, events.iter().map(|e| (e.event.as_deref(), e.data.as_str())), at, rec);
+                self.events = events;
+                self.events.clear();
+                step
+            }
+            Framing::Ndjson => {
+                self.ndjson.feed(bytes, &mut self.lines);
+                let lines = std::mem::take(&mut self.lines);
+                let step = self.apply_all(p, lines.iter().map(|l| (None, l.as_str())), at, rec);
+                self.lines = lines;
+                self.lines.clear();
+                step
+            }
+        }
+    }
+
+    fn apply_all<'a>(
+        &mut self,
+        p: &dyn Protocol,
+        msgs: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+        at: Instant,
+        rec: &mut RequestRecord,
+    ) -> Step {
+        for (event, data) in msgs {
+            if let Step::Stop = self.apply(p, event, data, at, rec) {
+                return Step::Stop;
+            }
+        }
+        Step::Continue
+    }
+
+    fn apply(&mut self, p: &dyn Protocol, event: Option<&str>, data: &str, at: Instant, rec: &mut RequestRecord) -> Step {
+        rec.messages += 1;
+        let parsed = match p.parse(event, data) {
+            Ok(e) => e,
+            Err(e) => return fail(rec, ErrorClass::Malformed, e.to_string(), at),
+        };
+        if let Some(msg) = parsed.error {
+            return fail(rec, ErrorClass::StreamError, msg, at);
+        }
+        if parsed.content {
+            rec.token_times.push(at);
+        }
+        if let Some(u) = parsed.usage {
+            rec.usage.input_tokens = u.input_tokens.or(rec.usage.input_tokens);
+            rec.usage.output_tokens = u.output_tokens.or(rec.usage.output_tokens);
+        }
+        if parsed.done {
+            self.done = true;
+            rec.end = at;
+            return Step::Stop;
+        }
+        Step::Continue
+    }
+
+    fn has_partial(&self) -> bool {
+        self.sse.has_partial()
+    }
+}
+
+fn fail(rec: &mut RequestRecord, class: ErrorClass, sample: String, at: Instant) -> Step {
+    rec.error = Some(class);
+    rec.error_sample = Some(sample_text(&sample, SAMPLE_BYTES));
+    rec.end = at;
+    Step::Stop
+}
+
+fn classify_send_error(e: &reqwest::Error) -> ErrorClass {
+    if e.is_connect() {
+        ErrorClass::Connect
+    } else if e.is_timeout() {
+        ErrorClass::Timeout
+    } else {
+        ErrorClass::Io
+    }
+}
+
+/// Sends `req` and reads its stream into `rec`. `cancel` ends it early as
+/// [`ErrorClass::Cancelled`].
+pub async fn execute(t: &Transport, req: &GenRequest, rec: &mut RequestRecord, cancel: &CancellationToken) {
+    let spec = t.protocol.build(req);
+    let builder = t
+        .client
+        .post(format!("{}{}", t.base, spec.path))
+        .headers(t.headers.clone())
+        .header("content-type", "application/json")
+        .body(spec.body);
+    rec.sent = Instant::now();
+    let deadline = tokio::time::sleep(t.timeout);
+    tokio::pin!(deadline);
+    let resp = tokio::select! {
+        biased;
+        r = builder.send() => r,
+        () = &mut deadline => { fail(rec, ErrorClass::Timeout, format!("no response within {:?}", t.timeout), Instant::now()); return; }
+        () = cancel.cancelled() => { fail(rec, ErrorClass::Cancelled, "run ended".into(), Instant::now()); return; }
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            fail(rec, classify_send_error(&e), error_chain(&e), Instant::now());
+            return;
+        }
+    };
+    rec.headers = Some(Instant::now());
+    rec.status = Some(resp.status().as_u16());
+    if !resp.status().is_success() {
+        read_error_body(resp, rec).await;
+        return;
+    }
+    read_stream(t, resp, rec, cancel, deadline).await;
+}
+
+async fn read_stream(
+    t: &Transport,
+    mut resp: reqwest::Response,
+    rec: &mut RequestRecord,
+    cancel: &CancellationToken,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    let mut dec = Decoder::new(t.protocol.framing());
+    loop {
+        let chunk: Result<Option<Bytes>, reqwest::Error> = tokio::select! {
+            biased;
+            c = resp.chunk() => c,
+            () = &mut deadline => { fail(rec, ErrorClass::Timeout, format!("stream not finished within {:?}", t.timeout), Instant::now()); return; }
+            () = cancel.cancelled() => { fail(rec, ErrorClass::Cancelled, "run ended".into(), Instant::now()); return; }
+        };
+        let at = Instant::now();
+        match chunk {
+            Ok(Some(bytes)) => {
+                if let Step::Stop = dec.feed(t.protocol.as_ref(), &bytes, at, rec) {
+                    return;
+                }
+            }
+            Ok(None) => {
+                end_of_body(&mut dec, t.protocol.as_ref(), rec, at);
+                return;
+            }
+            Err(e) => {
+                fail(rec, ErrorClass::Truncated, format!("connection lost mid-stream: {}", error_chain(&e)), at);
+                return;
+            }
+        }
+    }
+}
+
+/// The body ended: fine after a terminator, otherwise a truncated stream.
+fn end_of_body(dec: &mut Decoder, p: &dyn Protocol, rec: &mut RequestRecord, at: Instant) {
+    if dec.framing == Framing::Ndjson {
+        if let Some(rest) = dec.ndjson.take_rest() {
+            if let Step::Stop = dec.apply(p, None, &rest, at, rec) {
+                return;
+            }
+        }
+    }
+    if dec.done {
+        return;
+    }
+    let what = if dec.has_partial() { "in the middle of a message" } else { "without its terminator" };
+    fail(rec, ErrorClass::Truncated, format!("stream ended {what}"), at);
+}
+
+async fn read_error_body(mut resp: reqwest::Response, rec: &mut RequestRecord) {
+    let code = resp.status().as_u16();
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(c)) = resp.chunk().await {
+            body.extend_from_slice(&c);
+            if body.len() > SAMPLE_BYTES * 4 {
+                break;
+            }
+        }
+    });
+    let _ = read.await;
+    let text = String::from_utf8_lossy(&body);
+    fail(rec, ErrorClass::Http(code), format!("HTTP {code}: {}", text.trim()), Instant::now());
+}
+
+/// The error with its causes, e.g. "error sending request: connection refused".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

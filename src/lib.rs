@@ -1,0 +1,53 @@
+//! Throtl: measure, compare and watch LLM inference servers.
+//!
+//! Layers: [`cli`] (flags only) → [`config`] (validated) → [`bench`]
+//! (pipeline) → [`engine`] (load, records) → [`stats`] (aggregator,
+//! histograms) → [`report`] (presentation). [`sim`] is the built-in server.
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod discover;
+pub mod engine;
+pub mod progress;
+pub mod report;
+pub mod sim;
+pub mod stats;
+pub mod stream;
+pub mod summary;
+pub mod sys;
+
+use std::time::Duration;
+
+pub use bench::BenchError;
+use config::{BenchConfig, ProgressMode};
+use engine::Controls;
+use report::RunReport;
+
+/// Runs a bench with Ctrl-C handling: the first Ctrl-C stops new requests and
+/// gives in-flight ones `cfg.grace` to finish; a second one (or the grace
+/// expiring) cancels them. The report is then marked interrupted.
+pub async fn run_bench_with_interrupt(cfg: &BenchConfig) -> Result<RunReport, BenchError> {
+    let controls = Controls::default();
+    let watcher = tokio::spawn(watch_interrupts(controls.clone(), cfg.grace, cfg.progress != ProgressMode::Quiet));
+    let result = bench::run(cfg, controls).await;
+    watcher.abort();
+    result
+}
+
+async fn watch_interrupts(controls: Controls, grace: Duration, verbose: bool) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    controls.soft.cancel();
+    if verbose {
+        eprintln!("\ninterrupted: no new requests; waiting up to {grace:?} for in-flight ones (Ctrl-C again to stop now)");
+    }
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    controls.hard.cancel();
+}

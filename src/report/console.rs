@@ -1,0 +1,80 @@
+//! The human summary printed at the end of a run.
+
+use std::fmt::Write as _;
+
+use super::{RunReport, RunStatus};
+use crate::stats::Distribution;
+
+/// Renders the end-of-run summary table.
+pub fn render(r: &RunReport) -> String {
+    let mut s = String::new();
+    let status = match r.status {
+        RunStatus::Completed => "completed",
+        RunStatus::Interrupted => "INTERRUPTED (partial results)",
+    };
+    let _ = writeln!(s, "throtl run {} — {status}", r.run_id);
+    let _ = writeln!(s, "  target      {} ({}, model '{}')", r.target.url, r.target.api, r.target.model);
+    let _ = writeln!(
+        s,
+        "  load        closed loop, concurrency {} (achieved {:.1}, peak {}), {} warmup excluded",
+        r.load.concurrency, r.load.achieved_concurrency, r.load.peak_in_flight, r.load.warmup_requests
+    );
+    let _ = writeln!(
+        s,
+        "  requests    {} ok, {} failed, {} cancelled over {:.2} s",
+        r.requests.ok, r.requests.failed, r.requests.cancelled, r.throughput.window_s
+    );
+    for (class, n) in &r.requests.errors {
+        let sample = r.requests.error_samples.get(class).map_or("", String::as_str);
+        let _ = writeln!(s, "    {class:<12} {n:>6}  {sample}");
+    }
+    let _ = writeln!(
+        s,
+        "  throughput  {:.2} req/s, {:.1} output tok/s, {:.1} total tok/s",
+        r.throughput.requests_per_s, r.throughput.output_tokens_per_s, r.throughput.total_tokens_per_s
+    );
+    let _ = writeln!(
+        s,
+        "  tokens      {} in, {} out (output counted from {})",
+        r.tokens.input_total, r.tokens.output_total, source_words(&r.tokens.source)
+    );
+    let _ = writeln!(s);
+    latency_table(&mut s, r);
+    for w in &r.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
+fn source_words(source: &str) -> &'static str {
+    match source {
+        "usage" => "server usage",
+        "chunks" => "content chunks",
+        _ => "server usage where reported, else content chunks",
+    }
+}
+
+fn latency_table(s: &mut String, r: &RunReport) {
+    let _ = writeln!(
+        s,
+        "  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "ms", "mean", "min", "p50", "p90", "p95", "p99", "p99.9", "max"
+    );
+    let rows: [(&str, &Distribution); 4] = [
+        ("TTFT", &r.latency_ms.ttft),
+        ("ITL", &r.latency_ms.itl),
+        ("TPOT", &r.latency_ms.tpot),
+        ("E2E", &r.latency_ms.e2e),
+    ];
+    for (name, d) in rows {
+        if d.count == 0 {
+            let _ = writeln!(s, "  {name:<8} {:>9}", "—");
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {name:<8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            d.mean, d.min, d.p50, d.p90, d.p95, d.p99, d.p999, d.max
+        );
+    }
+}

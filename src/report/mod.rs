@@ -1,0 +1,168 @@
+//! Run reports: the serializable summary and its renderings.
+
+pub mod console;
+pub mod records;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Distribution;
+
+/// Identifier of the JSON summary format.
+pub const RUN_SCHEMA: &str = "throtl.run.v1";
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The stop condition was reached.
+    Completed,
+    /// Ctrl-C ended the run; the numbers cover what was measured.
+    Interrupted,
+}
+
+/// The summary of one bench run (`--json`). Field names are stable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Always [`RUN_SCHEMA`].
+    pub schema: String,
+    /// Sortable, readable id: `YYYYmmddTHHMMSSZ-xxxx`.
+    pub run_id: String,
+    /// How the run ended.
+    pub status: RunStatus,
+    /// Wall-clock start, RFC 3339 UTC.
+    pub started_at: String,
+    /// Wall time of the whole run, warmup included (s).
+    pub duration_s: f64,
+    /// Version of throtl that measured.
+    pub tool_version: String,
+    /// What was measured.
+    pub target: TargetInfo,
+    /// The load applied.
+    pub load: LoadInfo,
+    /// Request outcomes.
+    pub requests: RequestCounts,
+    /// Rates over the measured window.
+    pub throughput: Throughput,
+    /// Token totals.
+    pub tokens: TokenTotals,
+    /// Latency distributions in milliseconds.
+    pub latency_ms: Latencies,
+    /// Per-request output tokens/s.
+    pub output_tokens_per_s_per_request: Distribution,
+    /// Client self-checks.
+    pub client: ClientChecks,
+    /// Where and with what it ran.
+    pub environment: Environment,
+    /// Warnings that may affect how far to trust the numbers.
+    pub warnings: Vec<String>,
+    /// The full configuration of the run.
+    pub config: serde_json::Value,
+}
+
+/// The target server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// Base URL.
+    pub url: String,
+    /// `--api` protocol used.
+    pub api: String,
+    /// Model name sent.
+    pub model: String,
+}
+
+/// The load applied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadInfo {
+    /// `closed` (closed loop).
+    pub mode: String,
+    /// Requested concurrency.
+    pub concurrency: u32,
+    /// Mean requests in flight over the measured window (Little's law).
+    pub achieved_concurrency: f64,
+    /// Highest number of requests in flight at once.
+    pub peak_in_flight: u64,
+    /// Warmup requests (excluded from statistics).
+    pub warmup_requests: u64,
+    /// `max_tokens` per request.
+    pub max_tokens: u32,
+    /// Prompt length requested.
+    pub input_tokens: u32,
+}
+
+/// Request outcomes of the measured phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// ok + failed.
+    pub total: u64,
+    /// Completed without error.
+    pub ok: u64,
+    /// Failed (any class in `errors`).
+    pub failed: u64,
+    /// Cut off by the end of the run; not failures.
+    pub cancelled: u64,
+    /// Failure count by class.
+    pub errors: BTreeMap<String, u64>,
+    /// One sample message per failure class.
+    pub error_samples: BTreeMap<String, String>,
+}
+
+/// Rates over the measured window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// Input + output tokens per second.
+    pub total_tokens_per_s: f64,
+    /// Length of the measured window (s).
+    pub window_s: f64,
+}
+
+/// Token totals of successful measured requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenTotals {
+    /// Prompt tokens (server usage when reported, else the requested count).
+    pub input_total: u64,
+    /// Generated tokens.
+    pub output_total: u64,
+    /// `usage`, `chunks`, or `mixed`: where output counts came from.
+    pub source: String,
+}
+
+/// Latency distributions (ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latencies {
+    /// Time to first token.
+    pub ttft: Distribution,
+    /// Inter-token latency, one sample per gap.
+    pub itl: Distribution,
+    /// Time per output token, one sample per request.
+    pub tpot: Distribution,
+    /// End-to-end latency.
+    pub e2e: Distribution,
+}
+
+/// Client-side self-checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientChecks {
+    /// Lag between a request's scheduled and actual send (ms).
+    pub send_lag_ms: Distribution,
+    /// Stream messages parsed.
+    pub messages_parsed: u64,
+    /// Client process CPU time during the run (s), where the OS reports it.
+    pub cpu_s: Option<f64>,
+}
+
+/// Where the run happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Environment {
+    /// Host name.
+    pub host: String,
+    /// Operating system and architecture.
+    pub os: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+}

@@ -1,0 +1,68 @@
+//! One JSON line per request (`--records`): timestamps as ms from run start.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::engine::record::{RequestRecord, TokenSource};
+
+/// The serialized form of a [`RequestRecord`].
+#[derive(Debug, Serialize)]
+pub struct RecordLine {
+    /// Issue order.
+    pub seq: u64,
+    /// Warmup request (excluded from statistics).
+    pub warmup: bool,
+    /// Scheduled send (ms from run start).
+    pub scheduled_ms: f64,
+    /// Actual send.
+    pub sent_ms: f64,
+    /// Response headers arrived.
+    pub headers_ms: Option<f64>,
+    /// First content chunk arrived.
+    pub first_token_ms: Option<f64>,
+    /// Stream ended.
+    pub end_ms: f64,
+    /// Arrival of every content chunk.
+    pub token_ms: Vec<f64>,
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Error class, if failed.
+    pub error: Option<String>,
+    /// Error sample.
+    pub error_sample: Option<String>,
+    /// Prompt tokens reported by the server.
+    pub input_tokens: Option<u32>,
+    /// Output tokens (see `token_source`).
+    pub output_tokens: u64,
+    /// Where `output_tokens` came from.
+    pub token_source: TokenSource,
+}
+
+fn ms(t: Instant, origin: Instant) -> f64 {
+    let d = t.saturating_duration_since(origin);
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl RecordLine {
+    /// Converts a record, with instants relative to `origin`.
+    pub fn from_record(r: &RequestRecord, origin: Instant) -> Self {
+        let (output_tokens, token_source) = r.output_tokens();
+        Self {
+            seq: r.seq,
+            warmup: r.warmup,
+            scheduled_ms: ms(r.scheduled, origin),
+            sent_ms: ms(r.sent, origin),
+            headers_ms: r.headers.map(|t| ms(t, origin)),
+            first_token_ms: r.token_times.first().map(|&t| ms(t, origin)),
+            end_ms: ms(r.end, origin),
+            token_ms: r.token_times.iter().map(|&t| ms(t, origin)).collect(),
+            status: r.status,
+            error: r.error.map(|e| e.key()),
+            error_sample: r.error_sample.clone(),
+            input_tokens: r.usage.input_tokens,
+            output_tokens,
+            token_source,
+        }
+    }
+}
