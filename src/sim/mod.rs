@@ -5,6 +5,7 @@
 //! a sub-millisecond timer thread keeps them exact at thousands of streams.
 
 pub mod metrics;
+pub mod model;
 mod openai;
 pub mod timer;
 
@@ -18,6 +19,7 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 use metrics::SimMetrics;
+use model::{EngineModel, FixedDelay};
 use timer::PreciseTimer;
 
 /// Configuration of the simulated server.
@@ -72,7 +74,7 @@ pub enum SimError {
 pub(crate) struct SimState {
     pub(crate) cfg: SimConfig,
     pub(crate) metrics: SimMetrics,
-    pub(crate) timer: PreciseTimer,
+    pub(crate) model: Box<dyn EngineModel>,
 }
 
 /// A running simulator; stops when dropped.
@@ -128,11 +130,8 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .thread_name("throtl-sim")
         .enable_all()
         .build()?;
-    let state = Arc::new(SimState {
-        cfg,
-        metrics: SimMetrics::default(),
-        timer: PreciseTimer::start()?,
-    });
+    let model = Box::new(FixedDelay { ttft: cfg.ttft, itl: cfg.itl, timer: PreciseTimer::start()? });
+    let state = Arc::new(SimState { cfg, metrics: SimMetrics::default(), model });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("throtl-sim-main".into())

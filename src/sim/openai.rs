@@ -11,6 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::model::{Admission, GenEvent, Generation, Rejection};
 use super::SimState;
 
 /// Words the simulator "generates"; each is one token of common tokenizers.
@@ -70,6 +71,23 @@ fn bad_request(msg: &str) -> Box<Response> {
     Box::new((StatusCode::BAD_REQUEST, Json(body)).into_response())
 }
 
+fn server_error(msg: &str) -> Response {
+    let body = json!({"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500});
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+}
+
+fn rejection(r: &Rejection) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let body = json!({"object": "error", "message": r.message, "type": "ServiceUnavailableError", "param": null, "code": r.status});
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(s) = r.retry_after_s {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+    }
+    resp
+}
+
 /// `POST /v1/chat/completions`.
 pub(super) async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     generate(st, &body, true).await
@@ -86,27 +104,33 @@ async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
+    let admission = Admission { prompt_tokens: gen.prompt_tokens, max_tokens: gen.max_tokens, arrival };
+    let tokens = match st.model.admit(admission) {
+        Ok(t) => t,
+        Err(r) => return rejection(&r),
+    };
     st.metrics.start_request(gen.prompt_tokens);
     if gen.stream {
-        stream_response(st, gen, arrival)
+        stream_response(st, gen, tokens, arrival)
     } else {
-        whole_response(st, gen, arrival).await
+        whole_response(st, gen, tokens, arrival).await
     }
 }
 
-fn token_deadline(st: &SimState, arrival: Instant, k: u32) -> Instant {
-    arrival + st.cfg.ttft + st.cfg.itl * k
-}
-
-async fn whole_response(st: Arc<SimState>, gen: Gen, arrival: Instant) -> Response {
+async fn whole_response(st: Arc<SimState>, gen: Gen, mut tokens: Generation, arrival: Instant) -> Response {
     let mut text = String::new();
-    for k in 0..gen.max_tokens {
-        st.timer.sleep_until(token_deadline(&st, arrival, k)).await;
+    let mut k = 0u32;
+    while let Some(ev) = tokens.next().await {
+        if let GenEvent::Fail(msg) = ev {
+            st.metrics.end_request(arrival.elapsed(), false);
+            return server_error(&msg);
+        }
         if k == 0 {
             st.metrics.first_token(arrival.elapsed());
         }
         st.metrics.token();
         text.push_str(WORDS[k as usize % WORDS.len()]);
+        k += 1;
     }
     st.metrics.end_request(arrival.elapsed(), true);
     let ids = ids(&gen);
@@ -144,9 +168,9 @@ fn usage(gen: &Gen) -> Value {
            "total_tokens": gen.prompt_tokens + gen.max_tokens})
 }
 
-fn stream_response(st: Arc<SimState>, gen: Gen, arrival: Instant) -> Response {
+fn stream_response(st: Arc<SimState>, gen: Gen, tokens: Generation, arrival: Instant) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(produce_stream(st, gen, arrival, tx));
+    tokio::spawn(produce_stream(st, gen, tokens, arrival, tx));
     let body = Body::from_stream(tokio_stream_from(rx));
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -165,13 +189,19 @@ fn tokio_stream_from(
 async fn produce_stream(
     st: Arc<SimState>,
     gen: Gen,
+    mut tokens: Generation,
     arrival: Instant,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let ids = ids(&gen);
     let mut finished = gen.max_tokens == 0;
-    for k in 0..gen.max_tokens {
-        st.timer.sleep_until(token_deadline(&st, arrival, k)).await;
+    let mut k = 0u32;
+    while let Some(ev) = tokens.next().await {
+        if let GenEvent::Fail(msg) = ev {
+            let err = json!({"error": {"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500}});
+            let _ = tx.send(Ok(Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")))).await;
+            break;
+        }
         let mut frame = String::with_capacity(512);
         if k == 0 {
             st.metrics.first_token(arrival.elapsed());
@@ -189,6 +219,7 @@ async fn produce_stream(
         if tx.send(Ok(Bytes::from(frame))).await.is_err() {
             break;
         }
+        k += 1;
     }
     if gen.max_tokens == 0 {
         let mut frame = String::new();
