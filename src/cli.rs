@@ -213,6 +213,7 @@ impl From<&MockArgs> for SimConfig {
             default_output_tokens: a.output_tokens,
             model: a.model.clone(),
             worker_threads: a.threads,
+            ..SimConfig::default()
         }
     }
 }

@@ -22,6 +22,32 @@ use metrics::SimMetrics;
 use model::{EngineModel, FixedDelay};
 use timer::PreciseTimer;
 
+/// Which real engine or hosted API the simulator imitates: routes, stream
+/// format, identification endpoints and `/metrics` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineFlavor {
+    /// vLLM (OpenAI routes, `vllm:*` metrics).
+    #[default]
+    Vllm,
+    /// Hugging Face TGI.
+    Tgi,
+    /// Ollama.
+    Ollama,
+    /// llama.cpp server.
+    Llamacpp,
+    /// SGLang.
+    Sglang,
+    /// OpenAI's hosted API.
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini API.
+    Gemini,
+    /// Cohere v2 chat.
+    Cohere,
+}
+
 /// Configuration of the simulated server.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -39,6 +65,8 @@ pub struct SimConfig {
     pub model: String,
     /// Tokio worker threads of the server's own runtime.
     pub worker_threads: usize,
+    /// The engine imitated (only `Vllm` is served until per-engine front-ends land).
+    pub engine: EngineFlavor,
 }
 
 impl Default for SimConfig {
@@ -51,6 +79,7 @@ impl Default for SimConfig {
             default_output_tokens: 64,
             model: "throtl-sim".into(),
             worker_threads: 1,
+            engine: EngineFlavor::Vllm,
         }
     }
 }
