@@ -211,12 +211,16 @@ async fn read_stream(
     mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
 ) {
     let mut dec = Decoder::new(t.protocol.framing());
+    // Created once: re-creating the cancellation future per chunk would
+    // register and unregister a waiter under a lock for every token.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let chunk: Result<Option<Bytes>, reqwest::Error> = tokio::select! {
             biased;
             c = resp.chunk() => c,
             () = &mut deadline => { fail(rec, ErrorClass::Timeout, format!("stream not finished within {:?}", t.timeout), Instant::now()); return; }
-            () = cancel.cancelled() => { fail(rec, ErrorClass::Cancelled, "run ended".into(), Instant::now()); return; }
+            () = &mut cancelled => { fail(rec, ErrorClass::Cancelled, "run ended".into(), Instant::now()); return; }
         };
         let at = Instant::now();
         match chunk {
