@@ -186,6 +186,11 @@ async fn serve(listener: std::net::TcpListener, state: Arc<SimState>, stop: ones
     let app = router(state);
     // Not a graceful shutdown: open streams and idle keep-alive connections
     // would hold it forever; dropping the runtime closes them.
+    // Nagle off: each token is a small write, and Nagle would hold it until
+    // the client's (delayed) ACK of the previous one.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::select! {
         _ = axum::serve(listener, app) => {}
         _ = stop => {}
