@@ -35,7 +35,7 @@ pub async fn run(concurrency: u32, requests: u64, json: PathBuf) -> anyhow::Resu
         seed: 0,
         json_out: Some(json),
         records_out: None,
-        progress: if std::io::stderr().is_terminal() { ProgressMode::Bar } else { ProgressMode::Lines },
+        progress: if std::io::stderr().is_terminal() { ProgressMode::Tui } else { ProgressMode::Lines },
         grace: Duration::from_secs(2),
         api_key_env: None,
     };
