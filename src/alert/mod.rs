@@ -19,7 +19,9 @@ pub const DEFAULT_RULES: &str = include_str!("default_rules.yaml");
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
     /// YAML syntax or shape.
-    #[error("rules file: {0}. Expected `rules:` with items having name, when, for, severity, message")]
+    #[error(
+        "rules file: {0}. Expected `rules:` with items having name, when, for, severity, message"
+    )]
     Yaml(String),
     /// A bad `when` or `for`.
     #[error("rule '{rule}': {reason}")]
@@ -119,20 +121,35 @@ pub struct Rule {
 
 /// Parses a rules file (YAML).
 pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
-    let file: RulesFile = serde_norway::from_str(yaml).map_err(|e| RuleError::Yaml(e.to_string()))?;
+    let file: RulesFile =
+        serde_norway::from_str(yaml).map_err(|e| RuleError::Yaml(e.to_string()))?;
     let mut out: Vec<Rule> = Vec::new();
     for raw in file.rules {
-        let err = |reason: String| RuleError::Rule { rule: raw.name.clone(), reason };
+        let err = |reason: String| RuleError::Rule {
+            rule: raw.name.clone(),
+            reason,
+        };
         if out.iter().any(|r| r.name == raw.name) {
             return Err(err("the name is used twice".into()));
         }
         let (metric, condition) = parse_when(&raw.when).map_err(err)?;
         let hold = match raw.hold.as_deref() {
-            Some(h) => humantime::parse_duration(h).map_err(|e| err(format!("for: '{h}' is not a duration ({e}); write e.g. 30s, 5m")))?,
+            Some(h) => humantime::parse_duration(h).map_err(|e| {
+                err(format!(
+                    "for: '{h}' is not a duration ({e}); write e.g. 30s, 5m"
+                ))
+            })?,
             None => Duration::ZERO,
         };
         let message = raw.message.clone().unwrap_or_else(|| raw.when.clone());
-        out.push(Rule { name: raw.name, metric, condition, hold, severity: raw.severity, message });
+        out.push(Rule {
+            name: raw.name,
+            metric,
+            condition,
+            hold,
+            severity: raw.severity,
+            message,
+        });
     }
     Ok(out)
 }
@@ -142,13 +159,20 @@ fn parse_when(when: &str) -> Result<(String, Condition), String> {
     let words: Vec<&str> = when.split_whitespace().collect();
     let metric = *words.first().ok_or("`when` is empty")?;
     if !METRIC_NAMES.contains(&metric) {
-        return Err(format!("unknown metric '{metric}'; known: {}", METRIC_NAMES.join(", ")));
+        return Err(format!(
+            "unknown metric '{metric}'; known: {}",
+            METRIC_NAMES.join(", ")
+        ));
     }
     let cond = match words.as_slice() {
         [_, "rising"] => Condition::Rising,
         [_, "falling"] => Condition::Falling,
         [_, op, v] => Condition::Compare(parse_op(op)?, parse_threshold(v)?),
-        _ => return Err(format!("cannot read when: '{when}'; write `METRIC > VALUE` or `METRIC rising`")),
+        _ => {
+            return Err(format!(
+                "cannot read when: '{when}'; write `METRIC > VALUE` or `METRIC rising`"
+            ))
+        }
     };
     Ok((metric.to_owned(), cond))
 }
@@ -169,7 +193,10 @@ fn parse_threshold(v: &str) -> Result<f64, String> {
         return Ok(x);
     }
     if let Some(p) = v.strip_suffix('%') {
-        return p.parse::<f64>().map(|x| x / 100.0).map_err(|_| format!("'{v}' is not a percentage"));
+        return p
+            .parse::<f64>()
+            .map(|x| x / 100.0)
+            .map_err(|_| format!("'{v}' is not a percentage"));
     }
     humantime::parse_duration(v)
         .map(|d| d.as_secs_f64())
@@ -220,7 +247,9 @@ pub struct AlertEvent {
 impl AlertEvent {
     /// The stderr log line.
     pub fn log_line(&self) -> String {
-        let value = self.value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.4}"));
+        let value = self
+            .value
+            .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.4}"));
         format!(
             "alert {} [{}] {} server={} {}={}: {}",
             self.state.as_str(),
@@ -252,7 +281,11 @@ pub struct Evaluator {
 impl Evaluator {
     /// An evaluator; `ignore_hold` makes a condition fire at once (one-shot checks).
     pub fn new(rules: Vec<Rule>, ignore_hold: bool) -> Self {
-        Self { rules, ignore_hold, state: HashMap::new() }
+        Self {
+            rules,
+            ignore_hold,
+            state: HashMap::new(),
+        }
     }
 
     /// The rules evaluated.
@@ -337,12 +370,21 @@ impl Webhook {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| RuleError::Yaml(e.to_string()))?;
-        Ok(Self { client, url: url.to_owned() })
+        Ok(Self {
+            client,
+            url: url.to_owned(),
+        })
     }
 
     /// Posts one event; errors are returned as text for the log.
     pub async fn post(&self, event: &AlertEvent) -> Result<(), String> {
-        let resp = self.client.post(&self.url).json(event).send().await.map_err(|e| crate::engine::request::error_chain(&e))?;
+        let resp = self
+            .client
+            .post(&self.url)
+            .json(event)
+            .send()
+            .await
+            .map_err(|e| crate::engine::request::error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -360,7 +402,11 @@ mod tests {
     }
 
     fn kv(v: f64, t: i64) -> Derived {
-        Derived { kv_cache_usage: Some(v), wall_ms: t, ..Derived::default() }
+        Derived {
+            kv_cache_usage: Some(v),
+            wall_ms: t,
+            ..Derived::default()
+        }
     }
 
     #[test]
@@ -379,7 +425,9 @@ mod tests {
         assert_eq!(r[0].severity, Severity::Critical);
         assert_eq!(r[1].condition, Condition::Compare(Op::Ge, 0.9));
         assert_eq!(r[1].hold, Duration::ZERO);
-        let e = parse_rules("rules:\n- {name: a, when: nope > 1}\n").unwrap_err().to_string();
+        let e = parse_rules("rules:\n- {name: a, when: nope > 1}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown metric 'nope'"), "{e}");
         assert!(parse_rules("rules:\n- {name: a, when: kv_cache_usage ~ 1}\n").is_err());
         assert!(parse_rules("rules:\n- {name: a, when: kv_cache_usage > 1, for: soon}\n").is_err());
@@ -388,9 +436,22 @@ mod tests {
 
     #[test]
     fn fires_only_after_the_hold_time_and_resolves() {
-        let mut ev = Evaluator::new(rules("rules:\n- {name: kv, when: kv_cache_usage > 0.9, for: 5m}\n"), false);
+        let mut ev = Evaluator::new(
+            rules("rules:\n- {name: kv, when: kv_cache_usage > 0.9, for: 5m}\n"),
+            false,
+        );
         // scripted series every 60 s: high from t=60 on, a dip at t=180 restarts the hold
-        let series = [(0, 0.5), (60, 0.95), (120, 0.95), (180, 0.85), (240, 0.95), (300, 0.96), (420, 0.97), (540, 0.97), (600, 0.5)];
+        let series = [
+            (0, 0.5),
+            (60, 0.95),
+            (120, 0.95),
+            (180, 0.85),
+            (240, 0.95),
+            (300, 0.96),
+            (420, 0.97),
+            (540, 0.97),
+            (600, 0.5),
+        ];
         let mut log = Vec::new();
         for (t, v) in series {
             for e in ev.evaluate("s", f64::from(t), &kv(v, i64::from(t))) {
@@ -398,32 +459,58 @@ mod tests {
             }
         }
         // pending from 240; 240 + 300 = 540 fires; 600 resolves
-        assert_eq!(log, vec![(540, AlertState::Firing), (600, AlertState::Resolved)]);
+        assert_eq!(
+            log,
+            vec![(540, AlertState::Firing), (600, AlertState::Resolved)]
+        );
     }
 
     #[test]
     fn rising_requires_growth_then_no_drop() {
-        let mut ev = Evaluator::new(rules("rules:\n- {name: q, when: waiting_requests rising, for: 2m}\n"), false);
+        let mut ev = Evaluator::new(
+            rules("rules:\n- {name: q, when: waiting_requests rising, for: 2m}\n"),
+            false,
+        );
         let mut fired = Vec::new();
-        let series = [(0, 1.0), (30, 1.0), (60, 2.0), (90, 3.0), (120, 3.0), (150, 4.0), (180, 5.0), (210, 2.0)];
+        let series = [
+            (0, 1.0),
+            (30, 1.0),
+            (60, 2.0),
+            (90, 3.0),
+            (120, 3.0),
+            (150, 4.0),
+            (180, 5.0),
+            (210, 2.0),
+        ];
         for (t, v) in series {
-            let d = Derived { waiting: Some(v), ..Derived::default() };
+            let d = Derived {
+                waiting: Some(v),
+                ..Derived::default()
+            };
             for e in ev.evaluate("s", f64::from(t), &d) {
                 fired.push((t, e.state));
             }
         }
         // starts rising at 60; held 2 min at 180; drops at 210
-        assert_eq!(fired, vec![(180, AlertState::Firing), (210, AlertState::Resolved)]);
+        assert_eq!(
+            fired,
+            vec![(180, AlertState::Firing), (210, AlertState::Resolved)]
+        );
     }
 
     #[test]
     fn one_shot_checks_ignore_hold_and_missing_metrics_do_not_fire() {
-        let mut ev = Evaluator::new(rules("rules:\n- {name: kv, when: kv_cache_usage > 0.9, for: 5m}\n"), true);
+        let mut ev = Evaluator::new(
+            rules("rules:\n- {name: kv, when: kv_cache_usage > 0.9, for: 5m}\n"),
+            true,
+        );
         assert!(ev.evaluate("s", 0.0, &Derived::default()).is_empty());
         let e = ev.evaluate("s", 1.0, &kv(0.95, 7));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].ts_ms, 7);
-        assert!(e[0].log_line().contains("alert firing [warning] kv server=s kv_cache_usage=0.9500"));
+        assert!(e[0]
+            .log_line()
+            .contains("alert firing [warning] kv server=s kv_cache_usage=0.9500"));
         assert_eq!(ev.firing().count(), 1);
     }
 }

@@ -114,27 +114,40 @@ impl MonitorArgs {
             bail!("--interval must be at least 100ms");
         }
         if self.window < self.interval {
-            bail!("--window ('{}') must be at least --interval", humantime::format_duration(self.window));
+            bail!(
+                "--window ('{}') must be at least --interval",
+                humantime::format_duration(self.window)
+            );
         }
         if self.count == Some(0) {
             bail!("--count must be at least 1");
         }
-        let targets = self.urls.iter().map(|u| normalize_base_url(u)).collect::<Result<Vec<_>, _>>()?;
+        let targets = self
+            .urls
+            .iter()
+            .map(|u| normalize_base_url(u))
+            .collect::<Result<Vec<_>, _>>()?;
         let rules = match &self.rules {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read --rules '{}'", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read --rules '{}'", p.display()))?;
                 parse_rules(&text).with_context(|| format!("in --rules '{}'", p.display()))?
             }
             None => parse_rules(DEFAULT_RULES)?,
         };
         if let Some(w) = &self.webhook {
-            normalize_base_url(w).map_err(|_| anyhow::anyhow!("--webhook '{w}' is not an http(s) URL"))?;
+            normalize_base_url(w)
+                .map_err(|_| anyhow::anyhow!("--webhook '{w}' is not an http(s) URL"))?;
         }
         Ok(MonitorConfig {
             targets,
             interval: self.interval,
             window: self.window,
-            db: if self.no_history { None } else { Some(db_path(self.db.as_ref())?) },
+            db: if self.no_history {
+                None
+            } else {
+                Some(db_path(self.db.as_ref())?)
+            },
             keep: self.keep,
             rules,
             webhook: self.webhook.clone(),
@@ -147,10 +160,17 @@ impl MonitorArgs {
 
 /// Runs `throtl monitor`.
 pub fn run_monitor(args: &MonitorArgs) -> Result<ExitCode> {
-    let tui = !args.no_tui && !args.once && std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+    let tui = !args.no_tui
+        && !args.once
+        && std::io::stderr().is_terminal()
+        && std::io::stdout().is_terminal();
     let cfg = args.to_config(!tui)?;
     let jsonl: Option<Box<dyn Write + Send>> = match (&args.jsonl, tui) {
-        (Some(p), _) => Some(Box::new(std::fs::File::create(p).with_context(|| format!("cannot create --jsonl '{}'", p.display()))?)),
+        (Some(p), _) => {
+            Some(Box::new(std::fs::File::create(p).with_context(|| {
+                format!("cannot create --jsonl '{}'", p.display())
+            })?))
+        }
         (None, false) => Some(Box::new(std::io::stdout())),
         (None, true) => None,
     };
@@ -163,7 +183,11 @@ pub fn run_monitor(args: &MonitorArgs) -> Result<ExitCode> {
                 ctrl_c.cancel();
             }
         });
-        let (snap_tx, snap_rx) = watch::channel(Arc::new(MonitorSnapshot::new(&cfg.targets, cfg.interval, cfg.window)));
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(MonitorSnapshot::new(
+            &cfg.targets,
+            cfg.interval,
+            cfg.window,
+        )));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let dashboard = tui.then(|| {
             let stop = stop.clone();
@@ -171,29 +195,47 @@ pub fn run_monitor(args: &MonitorArgs) -> Result<ExitCode> {
                 .name("throtl-dashboard".into())
                 .spawn(move || crate::tui::monitor::run(snap_rx, cmd_tx, stop))
         });
-        let dashboard = dashboard.transpose().context("cannot start the dashboard thread")?;
-        let sinks = MonitorSinks { jsonl, snapshots: Some(snap_tx), commands: Some(cmd_rx), stop: stop.clone() };
+        let dashboard = dashboard
+            .transpose()
+            .context("cannot start the dashboard thread")?;
+        let sinks = MonitorSinks {
+            jsonl,
+            snapshots: Some(snap_tx),
+            commands: Some(cmd_rx),
+            stop: stop.clone(),
+        };
         let result = crate::monitor::run(&cfg, sinks).await;
         stop.cancel();
         if let Some(d) = dashboard {
-            d.join().map_err(|_| anyhow::anyhow!("dashboard thread panicked"))?.context("dashboard failed")?;
+            d.join()
+                .map_err(|_| anyhow::anyhow!("dashboard thread panicked"))?
+                .context("dashboard failed")?;
         }
         anyhow::Ok(result?)
     })?;
     if tui {
-        outcome.events.iter().for_each(|e| eprintln!("{}", e.log_line()));
+        outcome
+            .events
+            .iter()
+            .for_each(|e| eprintln!("{}", e.log_line()));
     }
     Ok(monitor_exit(args, &outcome))
 }
 
 fn monitor_exit(args: &MonitorArgs, o: &MonitorOutcome) -> ExitCode {
-    let fired = o.events.iter().filter(|e| e.state == AlertState::Firing).count();
+    let fired = o
+        .events
+        .iter()
+        .filter(|e| e.state == AlertState::Firing)
+        .count();
     if args.check && fired > 0 {
         eprintln!("check failed: {fired} alert(s) fired");
         return ExitCode::from(1);
     }
     if args.check && !o.unreachable.is_empty() {
-        o.unreachable.iter().for_each(|(_, e)| eprintln!("check failed: {e}"));
+        o.unreachable
+            .iter()
+            .for_each(|(_, e)| eprintln!("check failed: {e}"));
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS
@@ -203,19 +245,32 @@ fn monitor_exit(args: &MonitorArgs, o: &MonitorOutcome) -> ExitCode {
 pub fn run_history(args: &HistoryArgs) -> Result<ExitCode> {
     let path = db_path(args.db.as_ref())?;
     if !path.exists() {
-        bail!("no history at '{}': run `throtl monitor` first, or point --db at a history file", path.display());
+        bail!(
+            "no history at '{}': run `throtl monitor` first, or point --db at a history file",
+            path.display()
+        );
     }
     let store = Store::open(&path)?;
     if let Some(keep) = args.keep {
         let n = store.prune(unix_ms() - keep.as_millis() as i64)?;
-        eprintln!("deleted {n} row(s) older than {}", humantime::format_duration(keep));
+        eprintln!(
+            "deleted {n} row(s) older than {}",
+            humantime::format_duration(keep)
+        );
     }
     let q = SampleQuery {
-        server: args.server.as_deref().map(|s| s.trim_end_matches('/').to_owned()),
+        server: args
+            .server
+            .as_deref()
+            .map(|s| s.trim_end_matches('/').to_owned()),
         metric: args.metric.clone(),
         since_ms: args.since.map(|d| unix_ms() - d.as_millis() as i64),
     };
-    let out = if args.alerts { render_alerts(&store, &q, args.format)? } else { render_samples(&store, &q, args.format)? };
+    let out = if args.alerts {
+        render_alerts(&store, &q, args.format)?
+    } else {
+        render_samples(&store, &q, args.format)?
+    };
     print_stdout(&out);
     Ok(ExitCode::SUCCESS)
 }
@@ -223,7 +278,10 @@ pub fn run_history(args: &HistoryArgs) -> Result<ExitCode> {
 fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -242,14 +300,29 @@ fn render_samples(store: &Store, q: &SampleQuery, f: HistoryFormat) -> Result<St
         HistoryFormat::Csv => {
             let mut s = "time,server,metric,value\n".to_owned();
             for r in &rows {
-                s += &format!("{},{},{},{}\n", rfc3339(r.ts_ms), csv_field(&r.server), csv_field(&r.metric), r.value);
+                s += &format!(
+                    "{},{},{},{}\n",
+                    rfc3339(r.ts_ms),
+                    csv_field(&r.server),
+                    csv_field(&r.metric),
+                    r.value
+                );
             }
             s
         }
         HistoryFormat::Table => {
-            let mut s = format!("{:<30} {:<28} {:<24} {:>14}\n", "time", "server", "metric", "value");
+            let mut s = format!(
+                "{:<30} {:<28} {:<24} {:>14}\n",
+                "time", "server", "metric", "value"
+            );
             for r in &rows {
-                s += &format!("{:<30} {:<28} {:<24} {:>14.6}\n", rfc3339(r.ts_ms), r.server, r.metric, r.value);
+                s += &format!(
+                    "{:<30} {:<28} {:<24} {:>14.6}\n",
+                    rfc3339(r.ts_ms),
+                    r.server,
+                    r.metric,
+                    r.value
+                );
             }
             s
         }
@@ -281,7 +354,17 @@ fn render_alerts(store: &Store, q: &SampleQuery, f: HistoryFormat) -> Result<Str
         HistoryFormat::Table => {
             let mut s = String::new();
             for r in &rows {
-                s += &format!("{} {:<8} [{}] {} {} {}={}: {}\n", rfc3339(r.ts_ms), r.state, r.severity, r.rule, r.server, r.metric, value(r.value), r.message);
+                s += &format!(
+                    "{} {:<8} [{}] {} {} {}={}: {}\n",
+                    rfc3339(r.ts_ms),
+                    r.state,
+                    r.severity,
+                    r.rule,
+                    r.server,
+                    r.metric,
+                    value(r.value),
+                    r.message
+                );
             }
             s
         }

@@ -100,13 +100,21 @@ struct Target {
 }
 
 /// Runs the monitor until `max_intervals`, `once`, or `sinks.stop`.
-pub async fn run(cfg: &MonitorConfig, mut sinks: MonitorSinks) -> Result<MonitorOutcome, MonitorError> {
+pub async fn run(
+    cfg: &MonitorConfig,
+    mut sinks: MonitorSinks,
+) -> Result<MonitorOutcome, MonitorError> {
     let mut store = open_store(cfg)?;
     let webhook = cfg.webhook.as_deref().map(Webhook::new).transpose()?;
     let mut targets = cfg
         .targets
         .iter()
-        .map(|u| Ok(Target { scraper: Scraper::new(u, cfg.interval.max(Duration::from_secs(1)))?, window: Window::new(cfg.window) }))
+        .map(|u| {
+            Ok(Target {
+                scraper: Scraper::new(u, cfg.interval.max(Duration::from_secs(1)))?,
+                window: Window::new(cfg.window),
+            })
+        })
         .collect::<Result<Vec<_>, ScrapeError>>()?;
     let mut evaluator = Evaluator::new(cfg.rules.clone(), cfg.once);
     let mut snapshot = MonitorSnapshot::new(&cfg.targets, cfg.interval, cfg.window);
@@ -122,7 +130,8 @@ pub async fn run(cfg: &MonitorConfig, mut sinks: MonitorSinks) -> Result<Monitor
             () = sinks.stop.cancelled() => break,
         }
         apply_commands(&mut sinks, &mut targets, &mut snapshot);
-        let scrapes = futures_util::future::join_all(targets.iter().map(|t| t.scraper.scrape())).await;
+        let scrapes =
+            futures_util::future::join_all(targets.iter().map(|t| t.scraper.scrape())).await;
         let t = origin.elapsed().as_secs_f64();
         let wall = unix_ms();
         let last = total.is_some_and(|n| outcome.intervals + 1 >= n);
@@ -132,7 +141,11 @@ pub async fn run(cfg: &MonitorConfig, mut sinks: MonitorSinks) -> Result<Monitor
             let derived = match result {
                 Ok(sample) => {
                     let engine = sample.engine;
-                    tgt.window.push(TimedSample { t, wall_ms: wall, sample });
+                    tgt.window.push(TimedSample {
+                        t,
+                        wall_ms: wall,
+                        sample,
+                    });
                     let d = tgt.window.derive();
                     snapshot.servers[i].update_ok(t, engine, d.clone());
                     d.map(|d| (engine, d))
@@ -149,12 +162,21 @@ pub async fn run(cfg: &MonitorConfig, mut sinks: MonitorSinks) -> Result<Monitor
             }
             if !cfg.once || last {
                 let events = evaluator.evaluate(&url, t, &d);
-                posts.extend(handle_events(cfg, &events, store.as_ref(), webhook.as_ref(), &mut snapshot)?);
+                posts.extend(handle_events(
+                    cfg,
+                    &events,
+                    store.as_ref(),
+                    webhook.as_ref(),
+                    &mut snapshot,
+                )?);
                 outcome.events.extend(events);
             }
         }
         outcome.intervals += 1;
-        snapshot.firing = evaluator.firing().map(|(s, r)| (s.to_owned(), r.name.clone(), r.severity)).collect();
+        snapshot.firing = evaluator
+            .firing()
+            .map(|(s, r)| (s.to_owned(), r.name.clone(), r.severity))
+            .collect();
         if let Some(tx) = &sinks.snapshots {
             let _ = tx.send(Arc::new(snapshot.clone()));
         }
@@ -163,7 +185,11 @@ pub async fn run(cfg: &MonitorConfig, mut sinks: MonitorSinks) -> Result<Monitor
         }
     }
     outcome.firing = evaluator.firing().count();
-    outcome.unreachable = snapshot.servers.iter().filter_map(|s| s.error.clone().map(|e| (s.url.clone(), e))).collect();
+    outcome.unreachable = snapshot
+        .servers
+        .iter()
+        .filter_map(|s| s.error.clone().map(|e| (s.url.clone(), e)))
+        .collect();
     // Let webhook posts finish (each has its own 10 s timeout).
     for p in posts {
         let _ = p.await;
@@ -180,8 +206,14 @@ fn open_store(cfg: &MonitorConfig) -> Result<Option<Store>, MonitorError> {
     Ok(Some(store))
 }
 
-fn apply_commands(sinks: &mut MonitorSinks, targets: &mut [Target], snapshot: &mut MonitorSnapshot) {
-    let Some(rx) = sinks.commands.as_mut() else { return };
+fn apply_commands(
+    sinks: &mut MonitorSinks,
+    targets: &mut [Target],
+    snapshot: &mut MonitorSnapshot,
+) {
+    let Some(rx) = sinks.commands.as_mut() else {
+        return;
+    };
     while let Ok(cmd) = rx.try_recv() {
         match cmd {
             MonitorCommand::SetWindow(w) => {
@@ -192,8 +224,14 @@ fn apply_commands(sinks: &mut MonitorSinks, targets: &mut [Target], snapshot: &m
     }
 }
 
-fn write_jsonl(sinks: &mut MonitorSinks, server: &ServerView, wall_ms: i64) -> Result<(), MonitorError> {
-    let Some(out) = sinks.jsonl.as_mut() else { return Ok(()) };
+fn write_jsonl(
+    sinks: &mut MonitorSinks,
+    server: &ServerView,
+    wall_ms: i64,
+) -> Result<(), MonitorError> {
+    let Some(out) = sinks.jsonl.as_mut() else {
+        return Ok(());
+    };
     let line = serde_json::json!({
         "ts_ms": wall_ms,
         "server": server.url,

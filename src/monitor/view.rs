@@ -18,7 +18,9 @@ pub struct Series(pub VecDeque<(f64, f64)>);
 
 impl Series {
     fn push(&mut self, t: f64, v: Option<f64>) {
-        let Some(v) = v.filter(|v| v.is_finite()) else { return };
+        let Some(v) = v.filter(|v| v.is_finite()) else {
+            return;
+        };
         if self.0.len() == SERIES_POINTS {
             self.0.pop_front();
         }
@@ -94,7 +96,13 @@ impl MonitorSnapshot {
     /// An empty snapshot for `targets`.
     pub fn new(targets: &[String], interval: Duration, window: Duration) -> Self {
         Self {
-            servers: targets.iter().map(|u| ServerView { url: u.clone(), ..ServerView::default() }).collect(),
+            servers: targets
+                .iter()
+                .map(|u| ServerView {
+                    url: u.clone(),
+                    ..ServerView::default()
+                })
+                .collect(),
             interval,
             window,
             ..Self::default()

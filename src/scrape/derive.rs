@@ -30,7 +30,10 @@ pub struct Window {
 impl Window {
     /// An empty window spanning `span`.
     pub fn new(span: Duration) -> Self {
-        Self { span: span.as_secs_f64(), samples: VecDeque::new() }
+        Self {
+            span: span.as_secs_f64(),
+            samples: VecDeque::new(),
+        }
     }
 
     /// Changes the span (samples older than the new span are dropped on the next push).
@@ -133,12 +136,20 @@ pub fn increase(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 /// Bucket increase from `p` to `c`; a reset (count dropped, or bucket layout
 /// changed) makes `c` the whole increase.
 fn pair_delta(p: &Buckets, c: &Buckets) -> Buckets {
-    if p.bounds != c.bounds || c.count < p.count || c.cumulative.iter().zip(&p.cumulative).any(|(a, b)| a < b) {
+    if p.bounds != c.bounds
+        || c.count < p.count
+        || c.cumulative.iter().zip(&p.cumulative).any(|(a, b)| a < b)
+    {
         return c.clone();
     }
     Buckets {
         bounds: c.bounds.clone(),
-        cumulative: c.cumulative.iter().zip(&p.cumulative).map(|(a, b)| a - b).collect(),
+        cumulative: c
+            .cumulative
+            .iter()
+            .zip(&p.cumulative)
+            .map(|(a, b)| a - b)
+            .collect(),
         sum: c.sum - p.sum,
         count: c.count - p.count,
     }
@@ -286,7 +297,12 @@ impl Derived {
         .into_iter()
         .filter_map(|(k, v)| v.filter(|x| x.is_finite()).map(|x| (k.to_owned(), x)))
         .collect();
-        for (name, q) in [("ttft", self.ttft), ("itl", self.itl), ("e2e", self.e2e), ("queue", self.queue)] {
+        for (name, q) in [
+            ("ttft", self.ttft),
+            ("itl", self.itl),
+            ("e2e", self.e2e),
+            ("queue", self.queue),
+        ] {
             if let Some(q) = q {
                 out.push((format!("{name}_p50"), q.p50));
                 out.push((format!("{name}_p95"), q.p95));
@@ -298,7 +314,10 @@ impl Derived {
 
     /// The value of one metric by its flat name.
     pub fn get(&self, metric: &str) -> Option<f64> {
-        self.metrics().into_iter().find(|(k, _)| k == metric).map(|(_, v)| v)
+        self.metrics()
+            .into_iter()
+            .find(|(k, _)| k == metric)
+            .map(|(_, v)| v)
     }
 }
 
@@ -338,7 +357,12 @@ mod tests {
     use super::*;
 
     fn buckets(bounds: &[f64], cum: &[f64]) -> Buckets {
-        Buckets { bounds: bounds.to_vec(), cumulative: cum.to_vec(), sum: 0.0, count: *cum.last().unwrap() }
+        Buckets {
+            bounds: bounds.to_vec(),
+            cumulative: cum.to_vec(),
+            sum: 0.0,
+            count: *cum.last().unwrap(),
+        }
     }
 
     #[test]
@@ -347,7 +371,10 @@ mod tests {
         let v = [Some(10.0), Some(30.0), Some(5.0), Some(12.0)];
         assert_eq!(increase(v.into_iter()), Some(32.0));
         assert_eq!(increase([Some(3.0)].into_iter()), None);
-        assert_eq!(increase([None, Some(1.0), None, Some(4.0)].into_iter()), Some(3.0));
+        assert_eq!(
+            increase([None, Some(1.0), None, Some(4.0)].into_iter()),
+            Some(3.0)
+        );
     }
 
     #[test]
@@ -363,15 +390,28 @@ mod tests {
         // a rank in +Inf returns the highest finite bound
         let tail = buckets(&[0.1, 1.0, f64::INFINITY], &[1.0, 2.0, 10.0]);
         assert_eq!(histogram_quantile(0.99, &tail), Some(1.0));
-        assert_eq!(histogram_quantile(0.5, &buckets(&[1.0, f64::INFINITY], &[0.0, 0.0])), None);
-        assert_eq!(histogram_quantile(0.5, &buckets(&[1.0, 2.0], &[1.0, 2.0])), None);
+        assert_eq!(
+            histogram_quantile(0.5, &buckets(&[1.0, f64::INFINITY], &[0.0, 0.0])),
+            None
+        );
+        assert_eq!(
+            histogram_quantile(0.5, &buckets(&[1.0, 2.0], &[1.0, 2.0])),
+            None
+        );
     }
 
     fn sample(t: f64, gen: f64, ttft: &[f64]) -> TimedSample {
-        let mut s = ServerSample { generation_tokens: Some(gen), ..ServerSample::default() };
+        let mut s = ServerSample {
+            generation_tokens: Some(gen),
+            ..ServerSample::default()
+        };
         let b = buckets(&[0.1, 0.5, 1.0, f64::INFINITY], ttft);
         s.ttft = Some(b);
-        TimedSample { t, wall_ms: (t * 1000.0) as i64, sample: s }
+        TimedSample {
+            t,
+            wall_ms: (t * 1000.0) as i64,
+            sample: s,
+        }
     }
 
     #[test]
@@ -383,7 +423,7 @@ mod tests {
         w.push(sample(4.0, 1500.0, &[110.0, 140.0, 150.0, 150.0]));
         let d = w.derive().unwrap();
         assert_eq!(d.generation_tokens_per_s, Some(125.0)); // 500 tokens / 4 s
-        // delta: 10, 30, 10, 0 → the hand-computed histogram above
+                                                            // delta: 10, 30, 10, 0 → the hand-computed histogram above
         let q = d.ttft.unwrap();
         assert!((q.p50 - 0.3).abs() < 1e-12 && (q.p95 - 0.875).abs() < 1e-12);
         assert_eq!(q.count, 50.0);
@@ -406,7 +446,11 @@ mod tests {
     fn window_trims_but_keeps_a_base_sample() {
         let mut w = Window::new(Duration::from_secs(3));
         for i in 0..10 {
-            w.push(sample(f64::from(i), f64::from(i) * 10.0, &[0.0, 0.0, 0.0, 0.0]));
+            w.push(sample(
+                f64::from(i),
+                f64::from(i) * 10.0,
+                &[0.0, 0.0, 0.0, 0.0],
+            ));
         }
         let ts: Vec<f64> = w.samples().map(|s| s.t).collect();
         assert_eq!(ts, vec![6.0, 7.0, 8.0, 9.0]);

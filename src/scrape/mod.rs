@@ -65,8 +65,14 @@ impl Scraper {
             .no_proxy()
             .timeout(timeout)
             .build()
-            .map_err(|e| ScrapeError::Http { url: base.to_owned(), reason: e.to_string() })?;
-        Ok(Self { client, base: base.trim_end_matches('/').to_owned() })
+            .map_err(|e| ScrapeError::Http {
+                url: base.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+        })
     }
 
     /// The server's base URL.
@@ -79,7 +85,8 @@ impl Scraper {
         let url = format!("{}/metrics", self.base);
         match self.get(&url).await {
             Ok(text) => {
-                let exp = prom::parse(&text).map_err(|source| ScrapeError::Parse { url, source })?;
+                let exp =
+                    prom::parse(&text).map_err(|source| ScrapeError::Parse { url, source })?;
                 Ok(model::map(&exp))
             }
             Err(ScrapeError::Status { status: 404, .. }) => self.scrape_ollama().await,
@@ -91,15 +98,24 @@ impl Scraper {
         let ps_url = format!("{}/api/ps", self.base);
         let ps = self.get(&ps_url).await?;
         let tags = self.get(&format!("{}/api/tags", self.base)).await.ok();
-        ollama::map(&ps, tags.as_deref()).map_err(|source| ScrapeError::Ollama { url: ps_url, source })
+        ollama::map(&ps, tags.as_deref()).map_err(|source| ScrapeError::Ollama {
+            url: ps_url,
+            source,
+        })
     }
 
     async fn get(&self, url: &str) -> Result<String, ScrapeError> {
-        let http = |e: reqwest::Error| ScrapeError::Http { url: url.to_owned(), reason: crate::engine::request::error_chain(&e) };
+        let http = |e: reqwest::Error| ScrapeError::Http {
+            url: url.to_owned(),
+            reason: crate::engine::request::error_chain(&e),
+        };
         let resp = self.client.get(url).send().await.map_err(http)?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(ScrapeError::Status { url: url.to_owned(), status: status.as_u16() });
+            return Err(ScrapeError::Status {
+                url: url.to_owned(),
+                status: status.as_u16(),
+            });
         }
         resp.text().await.map_err(http)
     }
@@ -107,5 +123,7 @@ impl Scraper {
 
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos().div_euclid(1_000_000) as i64
+    time::OffsetDateTime::now_utc()
+        .unix_timestamp_nanos()
+        .div_euclid(1_000_000) as i64
 }

@@ -153,7 +153,10 @@ fn map_vllm(e: &Exposition) -> ServerSample {
     ServerSample {
         running: e.sum("vllm:num_requests_running"),
         waiting: e.sum("vllm:num_requests_waiting"),
-        kv_cache_usage: first_some(e, &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"]),
+        kv_cache_usage: first_some(
+            e,
+            &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
+        ),
         prompt_tokens: e.sum("vllm:prompt_tokens_total"),
         generation_tokens: e.sum("vllm:generation_tokens_total"),
         requests_ok: reason_sum(false),
@@ -210,7 +213,11 @@ fn map_sglang(e: &Exposition) -> ServerSample {
         generation_tokens: e.sum("sglang:generation_tokens_total"),
         requests_ok: e.sum("sglang:num_requests_total"),
         requests_failed: e.sum("sglang:num_aborted_requests_total"),
-        prefix_queries: if has_hits { e.sum("sglang:prompt_tokens_total") } else { None },
+        prefix_queries: if has_hits {
+            e.sum("sglang:prompt_tokens_total")
+        } else {
+            None
+        },
         prefix_hits: e.sum("sglang:cached_tokens_total"),
         prefix_hit_rate_gauge: e.sum("sglang:cache_hit_rate"),
         ttft: histogram(e, "sglang:time_to_first_token_seconds"),
@@ -243,7 +250,9 @@ pub fn histogram(e: &Exposition, name: &str) -> Option<Buckets> {
     let bucket = format!("{name}_bucket");
     let mut pairs: Vec<(f64, f64)> = Vec::new();
     for s in fam.samples.iter().filter(|s| s.name == bucket) {
-        let Some(le) = s.label("le").and_then(|v| parse_le(v)) else { continue };
+        let Some(le) = s.label("le").and_then(parse_le) else {
+            continue;
+        };
         match pairs.iter_mut().find(|(b, _)| *b == le) {
             Some(p) => p.1 += s.value,
             None => pairs.push((le, s.value)),
@@ -274,7 +283,10 @@ mod tests {
     use crate::scrape::prom::parse;
 
     fn fixture(name: &str) -> ServerSample {
-        let path = format!("{}/tests/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/metrics/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(path).unwrap();
         map(&parse(&text).unwrap())
     }
@@ -349,6 +361,9 @@ mod tests {
         assert_eq!(s.engine, Engine::Unknown);
         assert_eq!(s.gpu_util, Some(0.5)); // (62 + 38) / 2 %
         assert_eq!(s.gpu_mem_used, Some((30000.0 + 10000.0) * 1024.0 * 1024.0));
-        assert_eq!(s.gpu_mem_total, Some((30000.0 + 10000.0 + 10960.0 + 30960.0) * 1024.0 * 1024.0));
+        assert_eq!(
+            s.gpu_mem_total,
+            Some((30000.0 + 10000.0 + 10960.0 + 30960.0) * 1024.0 * 1024.0)
+        );
     }
 }

@@ -30,11 +30,17 @@ pub struct OllamaError {
 
 /// Maps `/api/ps` (and optionally `/api/tags`) bodies into a sample.
 pub fn map(ps: &str, tags: Option<&str>) -> Result<ServerSample, OllamaError> {
-    let ps: ModelList = serde_json::from_str(ps).map_err(|source| OllamaError { endpoint: "/api/ps", source })?;
+    let ps: ModelList = serde_json::from_str(ps).map_err(|source| OllamaError {
+        endpoint: "/api/ps",
+        source,
+    })?;
     let installed = match tags {
         Some(t) => Some(
             serde_json::from_str::<ModelList>(t)
-                .map_err(|source| OllamaError { endpoint: "/api/tags", source })?
+                .map_err(|source| OllamaError {
+                    endpoint: "/api/tags",
+                    source,
+                })?
                 .models
                 .len(),
         ),
@@ -55,7 +61,11 @@ mod tests {
     use super::*;
 
     fn read(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/tests/fixtures/info/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/info/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -66,7 +76,10 @@ mod tests {
         assert_eq!(s.loaded_models, Some(1.0));
         assert_eq!(s.model_vram, Some(3_772_581_888.0));
         let tags: serde_json::Value = serde_json::from_str(&read("ollama_tags.json")).unwrap();
-        assert_eq!(s.installed_models, Some(tags["models"].as_array().unwrap().len() as f64));
+        assert_eq!(
+            s.installed_models,
+            Some(tags["models"].as_array().unwrap().len() as f64)
+        );
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub struct Sample {
 impl Sample {
     /// The value of label `name`, if present.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -122,7 +125,12 @@ impl Exposition {
         let i = match self.index.get(name) {
             Some(&i) => i,
             None => {
-                self.families.push(Family { name: name.to_owned(), kind, help: None, samples: Vec::new() });
+                self.families.push(Family {
+                    name: name.to_owned(),
+                    kind,
+                    help: None,
+                    samples: Vec::new(),
+                });
                 self.index.insert(name.to_owned(), self.families.len() - 1);
                 self.families.len() - 1
             }
@@ -138,7 +146,12 @@ impl Exposition {
                 return series.to_owned();
             }
         }
-        for i in series.char_indices().rev().filter(|&(_, c)| c == '_').map(|(i, _)| i) {
+        for i in series
+            .char_indices()
+            .rev()
+            .filter(|&(_, c)| c == '_')
+            .map(|(i, _)| i)
+        {
             let (base, suffix) = series.split_at(i);
             if let Some(f) = self.family(base) {
                 if f.kind.suffixes().contains(&suffix) {
@@ -155,7 +168,10 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
     let mut exp = Exposition::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim_end_matches('\r').trim_start();
-        let err = |reason: String| ParseError { line: i + 1, reason };
+        let err = |reason: String| ParseError {
+            line: i + 1,
+            reason,
+        };
         if line.is_empty() {
             continue;
         }
@@ -168,7 +184,9 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
         }
         let sample = parse_sample(line).map_err(err)?;
         let owner = exp.owner_of(&sample.name);
-        exp.family_mut(&owner, MetricKind::Untyped).samples.push(sample);
+        exp.family_mut(&owner, MetricKind::Untyped)
+            .samples
+            .push(sample);
     }
     Ok(exp)
 }
@@ -216,7 +234,9 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         rest = after;
     }
     let mut fields = rest.split_ascii_whitespace();
-    let value = fields.next().ok_or_else(|| format!("'{name}' has no value"))?;
+    let value = fields
+        .next()
+        .ok_or_else(|| format!("'{name}' has no value"))?;
     let value = parse_value(value)?;
     let timestamp_ms = match fields.next() {
         Some(t) => Some(parse_timestamp(t)?),
@@ -227,7 +247,12 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
             return Err(format!("unexpected '{extra}' after the value of '{name}'"));
         }
     }
-    Ok(Sample { name: name.to_owned(), labels, value, timestamp_ms })
+    Ok(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+        timestamp_ms,
+    })
 }
 
 fn valid_name(name: &str) -> bool {
@@ -236,8 +261,11 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
+/// Label pairs in written order.
+type Labels = Vec<(String, String)>;
+
 /// Parses labels after `{` up to the matching `}`; returns them and the rest.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();
@@ -250,7 +278,9 @@ fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
             return Err(format!("'{key}' is not a valid label name"));
         }
         let after = s[eq + 1..].trim_start();
-        let body = after.strip_prefix('"').ok_or_else(|| format!("value of label '{key}' is not quoted"))?;
+        let body = after
+            .strip_prefix('"')
+            .ok_or_else(|| format!("value of label '{key}' is not quoted"))?;
         let (value, rest) = take_quoted(body)?;
         labels.push((key.to_owned(), value));
         s = rest.trim_start();
@@ -309,7 +339,9 @@ fn parse_value(s: &str) -> Result<f64, String> {
         "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
         "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
         "NaN" | "nan" => Ok(f64::NAN),
-        _ => s.parse::<f64>().map_err(|_| format!("'{s}' is not a number")),
+        _ => s
+            .parse::<f64>()
+            .map_err(|_| format!("'{s}' is not a number")),
     }
 }
 

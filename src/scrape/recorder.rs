@@ -66,18 +66,31 @@ pub struct Recorder {
 impl Recorder {
     /// Starts scraping `base` every `interval`; the latest derived metrics go
     /// to `live`. Times are relative to `origin`.
-    pub fn start(base: &str, interval: Duration, origin: Instant, live: watch::Sender<Option<Derived>>) -> std::io::Result<Self> {
+    pub fn start(
+        base: &str,
+        interval: Duration,
+        origin: Instant,
+        live: watch::Sender<Option<Derived>>,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let base = base.to_owned();
         let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("throtl-scrape".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(record(&base, interval, origin, &live, &flag, first_tx))
-        })?;
+        let thread = std::thread::Builder::new()
+            .name("throtl-scrape".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(record(&base, interval, origin, &live, &flag, first_tx))
+            })?;
         // The first scrape is the baseline of the run's totals: take it before any load.
         let _ = first_rx.recv_timeout(Duration::from_secs(3));
-        Ok(Self { stop, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Takes a last scrape and returns the series (`None` if no scrape succeeded).
@@ -125,7 +138,11 @@ async fn record(
                     first.get_or_insert_with(|| sample.clone());
                     last = Some(sample.clone());
                     let t = origin.elapsed().as_secs_f64();
-                    window.push(TimedSample { t, wall_ms: unix_ms(), sample });
+                    window.push(TimedSample {
+                        t,
+                        wall_ms: unix_ms(),
+                        sample,
+                    });
                     if let Some(d) = window.derive() {
                         let _ = live.send(Some(d.clone()));
                         out.points.push(ServerPoint { t_s: t, metrics: d });
@@ -139,7 +156,10 @@ async fn record(
         if stopping || (out.scrapes == 0 && out.scrape_errors >= 3) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50).min(next.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(
+            Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())),
+        )
+        .await;
     }
     out.totals = totals(first.as_ref()?, last.as_ref()?);
     Some(out)

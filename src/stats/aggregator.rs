@@ -61,7 +61,12 @@ pub struct Percentiles {
 impl Percentiles {
     fn of(h: &LatencyHistogram) -> Self {
         let d = h.distribution(1000.0);
-        Self { p50: d.p50, p95: d.p95, p99: d.p99, count: h.count() }
+        Self {
+            p50: d.p50,
+            p95: d.p95,
+            p99: d.p99,
+            count: h.count(),
+        }
     }
 }
 
@@ -78,7 +83,11 @@ struct Rolling {
 
 impl Rolling {
     fn new() -> Self {
-        Self { cur: Default::default(), prev: Default::default(), since: Instant::now() }
+        Self {
+            cur: Default::default(),
+            prev: Default::default(),
+            since: Instant::now(),
+        }
     }
 
     fn ingest(&mut self, r: &RequestRecord) {

@@ -74,8 +74,13 @@ pub enum StoreError {
 /// The default database path: `$XDG_DATA_HOME/throtl/throtl.db`, else
 /// `~/.local/share/throtl/throtl.db`; `None` when neither variable is set.
 pub fn default_path() -> Option<PathBuf> {
-    let from_env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let dir = from_env("XDG_DATA_HOME").or_else(|| from_env("HOME").map(|h| h.join(".local").join("share")))?;
+    let from_env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = from_env("XDG_DATA_HOME")
+        .or_else(|| from_env("HOME").map(|h| h.join(".local").join("share")))?;
     Some(dir.join("throtl").join("throtl.db"))
 }
 
@@ -133,11 +138,18 @@ impl Store {
     /// Opens (creating it and its directory if needed) and migrates.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
-        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         let _ = conn.pragma_update(None, "journal_mode", "WAL");
         migrate(&mut conn, path)?;
         Ok(Self { conn })
@@ -145,11 +157,19 @@ impl Store {
 
     /// The schema version in the file.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// Stores one server's derived metrics at `ts_ms`, in one transaction.
-    pub fn insert_samples(&mut self, server: &str, engine: &str, ts_ms: i64, metrics: &[(String, f64)]) -> Result<(), StoreError> {
+    pub fn insert_samples(
+        &mut self,
+        server: &str,
+        engine: &str,
+        ts_ms: i64,
+        metrics: &[(String, f64)],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached("INSERT INTO samples (server, engine, ts_ms, metric, value) VALUES (?1, ?2, ?3, ?4, ?5)")?;
@@ -178,7 +198,12 @@ impl Store {
              ORDER BY ts_ms, server, metric",
         )?;
         let rows = st.query_map(params![q.server, q.metric, q.since_ms], |r| {
-            Ok(SampleRow { server: r.get(0)?, ts_ms: r.get(1)?, metric: r.get(2)?, value: r.get(3)? })
+            Ok(SampleRow {
+                server: r.get(0)?,
+                ts_ms: r.get(1)?,
+                metric: r.get(2)?,
+                value: r.get(3)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -206,23 +231,37 @@ impl Store {
 
     /// Deletes samples and alerts older than `before_ms`; returns rows deleted.
     pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let a = self.conn.execute("DELETE FROM samples WHERE ts_ms < ?1", [before_ms])?;
-        let b = self.conn.execute("DELETE FROM alerts WHERE ts_ms < ?1", [before_ms])?;
+        let a = self
+            .conn
+            .execute("DELETE FROM samples WHERE ts_ms < ?1", [before_ms])?;
+        let b = self
+            .conn
+            .execute("DELETE FROM alerts WHERE ts_ms < ?1", [before_ms])?;
         Ok(a + b)
     }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_err = |source| StoreError::Open { path: path.to_owned(), source };
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
-        return Err(StoreError::TooNew { path: path.to_owned(), found: current, known });
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: current,
+            known,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         let tx = conn.transaction().map_err(open_err)?;
         tx.execute_batch(sql).map_err(open_err)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1).map_err(open_err)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(open_err)?;
         tx.commit().map_err(open_err)?;
     }
     Ok(())
@@ -246,7 +285,15 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let rows = store.samples(&SampleQuery::default()).unwrap();
-        assert_eq!(rows, vec![SampleRow { server: "http://a".into(), ts_ms: 5, metric: "kv_cache_usage".into(), value: 0.5 }]);
+        assert_eq!(
+            rows,
+            vec![SampleRow {
+                server: "http://a".into(),
+                ts_ms: 5,
+                metric: "kv_cache_usage".into(),
+                value: 0.5
+            }]
+        );
         let alert = AlertRow {
             server: "http://a".into(),
             ts_ms: 6,
@@ -265,7 +312,10 @@ mod tests {
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new.db");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         let err = Store::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
     }
@@ -274,8 +324,18 @@ mod tests {
     fn query_filters_and_prune() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("sub/dir/h.db")).unwrap();
-        s.insert_samples("a", "vllm", 1000, &[("kv_cache_usage".into(), 0.1), ("waiting_requests".into(), 3.0)]).unwrap();
-        s.insert_samples("b", "tgi", 2000, &[("kv_cache_usage".into(), 0.2)]).unwrap();
+        s.insert_samples(
+            "a",
+            "vllm",
+            1000,
+            &[
+                ("kv_cache_usage".into(), 0.1),
+                ("waiting_requests".into(), 3.0),
+            ],
+        )
+        .unwrap();
+        s.insert_samples("b", "tgi", 2000, &[("kv_cache_usage".into(), 0.2)])
+            .unwrap();
         let q = |server: Option<&str>, metric: Option<&str>, since| SampleQuery {
             server: server.map(Into::into),
             metric: metric.map(Into::into),
@@ -283,7 +343,12 @@ mod tests {
         };
         assert_eq!(s.samples(&q(None, None, None)).unwrap().len(), 3);
         assert_eq!(s.samples(&q(Some("a"), None, None)).unwrap().len(), 2);
-        assert_eq!(s.samples(&q(None, Some("kv_cache_usage"), Some(1500))).unwrap()[0].server, "b");
+        assert_eq!(
+            s.samples(&q(None, Some("kv_cache_usage"), Some(1500)))
+                .unwrap()[0]
+                .server,
+            "b"
+        );
         assert_eq!(s.prune(1500).unwrap(), 2);
         assert_eq!(s.samples(&q(None, None, None)).unwrap().len(), 1);
     }

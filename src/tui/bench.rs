@@ -57,7 +57,12 @@ impl LiveRates {
     /// Adds a snapshot seen at `now`; returns (req/s, tok/s) over [`LIVE_WINDOW`].
     pub fn update(&mut self, now: Instant, s: &Snapshot) -> (f64, f64) {
         self.points.push_back((now, s.ok, s.output_tokens));
-        while self.points.len() > 2 && self.points.front().is_some_and(|p| now.duration_since(p.0) > LIVE_WINDOW) {
+        while self.points.len() > 2
+            && self
+                .points
+                .front()
+                .is_some_and(|p| now.duration_since(p.0) > LIVE_WINDOW)
+        {
             self.points.pop_front();
         }
         match (self.points.front(), self.points.back()) {
@@ -89,7 +94,10 @@ pub fn run(mut d: BenchDashboard, done: &AtomicBool) -> std::io::Result<()> {
     let mut guard = TerminalGuard::enter()?;
     let started = Instant::now();
     let mut rates = LiveRates::default();
-    let mut frame = BenchFrame { title: d.title.clone(), ..BenchFrame::default() };
+    let mut frame = BenchFrame {
+        title: d.title.clone(),
+        ..BenchFrame::default()
+    };
     let mut last_draw: Option<Instant> = None;
     while !done.load(Ordering::Relaxed) {
         let key = next_key(frame_period());
@@ -97,13 +105,18 @@ pub fn run(mut d: BenchDashboard, done: &AtomicBool) -> std::io::Result<()> {
             stop_run(&d.controls, &mut frame);
         }
         let fresh = d.snapshots.has_changed().unwrap_or(false);
-        if !(fresh || key.is_some() || last_draw.is_none()) || last_draw.is_some_and(|t| t.elapsed() < frame_period()) {
+        if !(fresh || key.is_some() || last_draw.is_none())
+            || last_draw.is_some_and(|t| t.elapsed() < frame_period())
+        {
             continue;
         }
         let snap = Arc::clone(&d.snapshots.borrow_and_update());
         (frame.live_rps, frame.live_tps) = rates.update(Instant::now(), &snap);
         (frame.progress, frame.progress_label) = progress(&snap, d.stop_at, started.elapsed());
-        frame.server = d.server.as_mut().and_then(|r| r.borrow_and_update().clone());
+        frame.server = d
+            .server
+            .as_mut()
+            .and_then(|r| r.borrow_and_update().clone());
         frame.snap = (*snap).clone();
         guard.terminal.draw(|f| draw(f, &frame))?;
         last_draw = Some(Instant::now());
@@ -124,11 +137,17 @@ fn progress(s: &Snapshot, stop_at: StopCondition, elapsed: Duration) -> (f64, St
     match stop_at {
         StopCondition::Requests(n) => {
             let done = s.done.min(n);
-            (done as f64 / n.max(1) as f64, format!("{done}/{n} requests  ({:.0} s)", elapsed.as_secs_f64()))
+            (
+                done as f64 / n.max(1) as f64,
+                format!("{done}/{n} requests  ({:.0} s)", elapsed.as_secs_f64()),
+            )
         }
         StopCondition::Duration(d) => {
             let w = s.window.min(d);
-            (w.as_secs_f64() / d.as_secs_f64().max(1e-9), format!("{:.0}/{:.0} s measured", w.as_secs_f64(), d.as_secs_f64()))
+            (
+                w.as_secs_f64() / d.as_secs_f64().max(1e-9),
+                format!("{:.0}/{:.0} s measured", w.as_secs_f64(), d.as_secs_f64()),
+            )
         }
     }
 }
@@ -143,10 +162,17 @@ pub fn draw(f: &mut Frame, fr: &BenchFrame) {
         Constraint::Length(server_h),
     ])
     .areas(f.area());
-    let stop = if fr.stopping { "  stopping…" } else { "  q: stop" };
+    let stop = if fr.stopping {
+        "  stopping…"
+    } else {
+        "  q: stop"
+    };
     f.render_widget(
         Paragraph::new(Line::from(vec![
-            Span::styled("throtl bench ", Style::default().add_modifier(Modifier::BOLD)),
+            Span::styled(
+                "throtl bench ",
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
             Span::raw(format!("{}{stop}", fr.title)),
         ])),
         title,
@@ -159,7 +185,8 @@ pub fn draw(f: &mut Frame, fr: &BenchFrame) {
             .label(fr.progress_label.clone()),
         gauge,
     );
-    let [left, right] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
     f.render_widget(client_panel(fr), left);
     f.render_widget(errors_panel(&fr.snap), right);
     if let Some(d) = &fr.server {
@@ -171,29 +198,52 @@ fn pct_line(label: &str, p: Percentiles) -> Line<'static> {
     if p.count == 0 {
         return Line::from(format!("{label:<14}—"));
     }
-    Line::from(format!("{label:<14}p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  (n={})", p.p50, p.p95, p.p99, p.count))
+    Line::from(format!(
+        "{label:<14}p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  (n={})",
+        p.p50, p.p95, p.p99, p.count
+    ))
 }
 
 fn client_panel(fr: &BenchFrame) -> Paragraph<'static> {
     let s = &fr.snap;
     let lines = vec![
-        Line::from(format!("{:<14}{:.1} req/s   {:.0} tok/s", "live (5 s)", fr.live_rps, fr.live_tps)),
-        Line::from(format!("{:<14}{} ok  {} failed  {} warmup", "requests", s.ok, s.failed, s.warmup)),
-        Line::from(format!("{:<14}{} in  {} out", "tokens", s.input_tokens, s.output_tokens)),
+        Line::from(format!(
+            "{:<14}{:.1} req/s   {:.0} tok/s",
+            "live (5 s)", fr.live_rps, fr.live_tps
+        )),
+        Line::from(format!(
+            "{:<14}{} ok  {} failed  {} warmup",
+            "requests", s.ok, s.failed, s.warmup
+        )),
+        Line::from(format!(
+            "{:<14}{} in  {} out",
+            "tokens", s.input_tokens, s.output_tokens
+        )),
         pct_line("TTFT (20 s)", s.recent_ttft_ms),
         pct_line("ITL (20 s)", s.recent_itl_ms),
-        Line::from(format!("{:<14}TTFT p50 {:.1} ms  ITL p50 {:.2} ms", "whole run", s.ttft_p50_ms, s.itl_p50_ms)),
+        Line::from(format!(
+            "{:<14}TTFT p50 {:.1} ms  ITL p50 {:.2} ms",
+            "whole run", s.ttft_p50_ms, s.itl_p50_ms
+        )),
     ];
     Paragraph::new(lines).block(Block::bordered().title(" client "))
 }
 
 fn errors_panel(s: &Snapshot) -> Paragraph<'static> {
     let lines: Vec<Line> = if s.errors.is_empty() {
-        vec![Line::from(Span::styled("no errors", Style::default().fg(Color::Green)))]
+        vec![Line::from(Span::styled(
+            "no errors",
+            Style::default().fg(Color::Green),
+        ))]
     } else {
         s.errors
             .iter()
-            .map(|(k, v)| Line::from(Span::styled(format!("{k:<16}{v}"), Style::default().fg(Color::Red))))
+            .map(|(k, v)| {
+                Line::from(Span::styled(
+                    format!("{k:<16}{v}"),
+                    Style::default().fg(Color::Red),
+                ))
+            })
             .collect()
     };
     Paragraph::new(lines).block(Block::bordered().title(" errors by class "))
@@ -207,7 +257,12 @@ fn server_panel(d: &Derived) -> Paragraph<'static> {
         Style::default().fg(kv.map_or(Color::Reset, |v| Level::of(v, 0.7, 0.9).color())),
     );
     let lines = vec![
-        Line::from(format!("{:<14}{} running   {} waiting", "batch / queue", n(d.running), n(d.waiting))),
+        Line::from(format!(
+            "{:<14}{} running   {} waiting",
+            "batch / queue",
+            n(d.running),
+            n(d.waiting)
+        )),
         Line::from(vec![Span::raw(format!("{:<14}", "KV cache")), kv_span]),
         Line::from(format!(
             "{:<14}{} tok/s generated   {} prompt tok/s",
@@ -218,7 +273,10 @@ fn server_panel(d: &Derived) -> Paragraph<'static> {
         Line::from(format!(
             "{:<14}{}",
             "server TTFT",
-            d.ttft.map_or_else(|| "—".to_owned(), |q| format!("p50 {}  p95 {}", fmt_secs(q.p50), fmt_secs(q.p95)))
+            d.ttft.map_or_else(
+                || "—".to_owned(),
+                |q| format!("p50 {}  p95 {}", fmt_secs(q.p50), fmt_secs(q.p95))
+            )
         )),
     ];
     Paragraph::new(lines).block(Block::bordered().title(" server /metrics "))
@@ -232,10 +290,23 @@ mod tests {
 
     #[test]
     fn renders_client_errors_and_server_views() {
-        let mut snap = Snapshot { done: 50, ok: 48, failed: 2, output_tokens: 6144, input_tokens: 1000, ..Snapshot::default() };
+        let mut snap = Snapshot {
+            done: 50,
+            ok: 48,
+            failed: 2,
+            output_tokens: 6144,
+            input_tokens: 1000,
+            ..Snapshot::default()
+        };
         snap.errors.insert("http_503".into(), 2);
-        snap.recent_ttft_ms = Percentiles { p50: 101.0, p95: 150.5, p99: 180.0, count: 48 };
-        let (progress, progress_label) = progress(&snap, StopCondition::Requests(100), Duration::from_secs(3));
+        snap.recent_ttft_ms = Percentiles {
+            p50: 101.0,
+            p95: 150.5,
+            p99: 180.0,
+            count: 48,
+        };
+        let (progress, progress_label) =
+            progress(&snap, StopCondition::Requests(100), Duration::from_secs(3));
         let fr = BenchFrame {
             snap,
             title: "http://x model m concurrency 4".into(),
@@ -243,18 +314,31 @@ mod tests {
             progress_label,
             live_rps: 12.5,
             live_tps: 1600.0,
-            server: Some(Derived { running: Some(4.0), waiting: Some(0.0), kv_cache_usage: Some(0.5), ..Derived::default() }),
+            server: Some(Derived {
+                running: Some(4.0),
+                waiting: Some(0.0),
+                kv_cache_usage: Some(0.5),
+                ..Derived::default()
+            }),
             stopping: false,
         };
         let mut t = Terminal::new(TestBackend::new(110, 24)).unwrap();
         t.draw(|f| draw(f, &fr)).unwrap();
         let buf = t.backend().buffer();
         let text: String = (0..buf.area.height)
-            .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n")
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol())
+                    .collect::<String>()
+                    + "\n"
+            })
             .collect();
         assert!(text.contains("50/100 requests"), "{text}");
         assert!(text.contains("12.5 req/s   1600 tok/s"), "{text}");
-        assert!(text.contains("p50 101.0 ms  p95 150.5 ms  p99 180.0 ms  (n=48)"), "{text}");
+        assert!(
+            text.contains("p50 101.0 ms  p95 150.5 ms  p99 180.0 ms  (n=48)"),
+            "{text}"
+        );
         assert!(text.contains("http_503        2"), "{text}");
         assert!(text.contains("4 running   0 waiting"), "{text}");
         assert!(text.contains("50.0%"), "{text}");
@@ -264,7 +348,11 @@ mod tests {
     fn live_rates_use_the_last_seconds() {
         let mut r = LiveRates::default();
         let t0 = Instant::now();
-        let s = |ok, tok| Snapshot { ok, output_tokens: tok, ..Snapshot::default() };
+        let s = |ok, tok| Snapshot {
+            ok,
+            output_tokens: tok,
+            ..Snapshot::default()
+        };
         assert_eq!(r.update(t0, &s(0, 0)), (0.0, 0.0));
         let (rps, tps) = r.update(t0 + Duration::from_secs(2), &s(20, 2000));
         assert!((rps - 10.0).abs() < 1e-9 && (tps - 1000.0).abs() < 1e-9);

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use ratatui::crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use ratatui::crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
 use ratatui::crossterm::{cursor, execute};
 use ratatui::style::Color;
 use ratatui::Terminal;
@@ -137,5 +139,8 @@ pub fn fmt_secs(s: f64) -> String {
 /// The newest `width` points of a series, scaled to integers for a sparkline.
 pub fn spark_data(s: &crate::monitor::view::Series, scale: f64, width: usize) -> Vec<u64> {
     let skip = s.0.len().saturating_sub(width);
-    s.0.iter().skip(skip).map(|&(_, v)| (v * scale).max(0.0).round() as u64).collect()
+    s.0.iter()
+        .skip(skip)
+        .map(|&(_, v)| (v * scale).max(0.0).round() as u64)
+        .collect()
 }
