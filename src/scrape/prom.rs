@@ -396,6 +396,78 @@ mod tests {
         assert!(e.family("c").is_none());
     }
 
+    /// Every captured fixture parses, and every histogram is consistent:
+    /// buckets cumulative, `+Inf` bucket == `_count`, per label set.
+    #[test]
+    fn fixtures_parse_with_consistent_histograms() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/metrics");
+        let mut histograms = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let e = parse(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            assert!(!e.families.is_empty());
+            for f in e
+                .families
+                .iter()
+                .filter(|f| f.kind == MetricKind::Histogram)
+            {
+                histograms += 1;
+                let key = |s: &Sample| {
+                    let mut l: Vec<_> = s
+                        .labels
+                        .iter()
+                        .filter(|(k, _)| k != "le")
+                        .cloned()
+                        .collect();
+                    l.sort();
+                    l
+                };
+                let bucket = format!("{}_bucket", f.name);
+                let count = format!("{}_count", f.name);
+                for c in f.samples.iter().filter(|s| s.name == count) {
+                    let buckets: Vec<&Sample> = f
+                        .samples
+                        .iter()
+                        .filter(|s| s.name == bucket && key(s) == key(c))
+                        .collect();
+                    assert!(
+                        buckets.windows(2).all(|w| w[0].value <= w[1].value),
+                        "{} not cumulative",
+                        f.name
+                    );
+                    let inf = buckets
+                        .iter()
+                        .find(|s| s.label("le") == Some("+Inf"))
+                        .unwrap();
+                    assert_eq!(inf.value, c.value, "{} in {}", f.name, path.display());
+                }
+            }
+        }
+        assert!(histograms > 20, "{histograms}");
+    }
+
+    #[test]
+    fn tgi_bucket_layout_and_vllm_created_series() {
+        let tgi = parse(include_str!("../../tests/fixtures/metrics/tgi.prom")).unwrap();
+        let f = tgi.family("tgi_request_duration").unwrap();
+        assert_eq!(f.kind, MetricKind::Histogram);
+        assert!(f.help.is_none(), "TGI writes no # HELP");
+        let v1 = parse(include_str!("../../tests/fixtures/metrics/vllm_v1.prom")).unwrap();
+        let created = v1.family("vllm:prompt_tokens_created").unwrap();
+        assert_eq!(created.kind, MetricKind::Gauge);
+        assert!(created.samples[0].value > 1.7e9);
+        let ttft = v1.family("vllm:time_to_first_token_seconds").unwrap();
+        assert_eq!(
+            ttft.help.as_deref(),
+            Some("Histogram of time to first token in seconds.")
+        );
+        assert_eq!(
+            ttft.samples[0].label("model_name"),
+            Some("meta-llama/Llama-3.1-8B-Instruct")
+        );
+    }
+
     #[test]
     fn bad_lines_are_errors_with_line_numbers() {
         assert_eq!(parse("ok 1\nbad{a=1} 2\n").unwrap_err().line, 2);

@@ -74,13 +74,15 @@ pub enum StoreError {
 /// The default database path: `$XDG_DATA_HOME/throtl/throtl.db`, else
 /// `~/.local/share/throtl/throtl.db`; `None` when neither variable is set.
 pub fn default_path() -> Option<PathBuf> {
-    let from_env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = from_env("XDG_DATA_HOME")
-        .or_else(|| from_env("HOME").map(|h| h.join(".local").join("share")))?;
+    path_under(std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME"))
+}
+
+fn path_under(
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let set = |v: Option<std::ffi::OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = set(xdg_data_home).or_else(|| set(home).map(|h| h.join(".local").join("share")))?;
     Some(dir.join("throtl").join("throtl.db"))
 }
 
@@ -306,6 +308,20 @@ mod tests {
         };
         store.insert_alert(&alert).unwrap();
         assert_eq!(store.alerts(&SampleQuery::default()).unwrap(), vec![alert]);
+    }
+
+    #[test]
+    fn default_path_follows_xdg_then_home() {
+        let p = |x: Option<&str>, h: Option<&str>| path_under(x.map(Into::into), h.map(Into::into));
+        assert_eq!(
+            p(Some("/x"), Some("/h")),
+            Some(PathBuf::from("/x/throtl/throtl.db"))
+        );
+        assert_eq!(
+            p(Some(""), Some("/h")),
+            Some(PathBuf::from("/h/.local/share/throtl/throtl.db"))
+        );
+        assert_eq!(p(None, None), None);
     }
 
     #[test]
