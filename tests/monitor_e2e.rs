@@ -165,6 +165,11 @@ async fn monitor_agrees_with_the_client_under_load() {
         Some(report.tokens.output_total as f64)
     );
     assert!(!sm.points.is_empty());
+    let console = throtl::report::console::render(&report);
+    assert!(
+        console.contains("server      vllm /metrics: 160 requests ok, 0 failed"),
+        "{console}"
+    );
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["server_metrics"]["points"][0]["metrics"].is_object());
 }

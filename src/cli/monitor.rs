@@ -39,8 +39,8 @@ pub struct MonitorArgs {
     /// History database [default: $XDG_DATA_HOME/throtl/throtl.db or ~/.local/share/throtl/throtl.db].
     #[arg(long, env = "THROTL_DB", value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// Do not store samples or alerts.
-    #[arg(long, conflicts_with = "db")]
+    /// Do not store samples or alerts (overrides --db).
+    #[arg(long)]
     pub no_history: bool,
     /// Delete history older than this at start, e.g. 7d.
     #[arg(long, value_parser = parse_duration)]
