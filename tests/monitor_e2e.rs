@@ -70,6 +70,7 @@ async fn monitor_agrees_with_the_client_under_load() {
         once: false,
         max_intervals: None,
         log_alerts: false,
+        local_gpu: false,
     };
     let out = Buf::default();
     let stop = CancellationToken::new();

@@ -60,6 +60,9 @@ pub struct MonitorArgs {
     /// Stop after this many intervals.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Add this machine's NVIDIA GPU utilisation and memory (nvidia-smi) to servers whose /metrics have none.
+    #[arg(long)]
+    pub local_gpu: bool,
 }
 
 /// Output formats of `throtl history`.
@@ -154,6 +157,7 @@ impl MonitorArgs {
             once: self.once,
             max_intervals: self.count,
             log_alerts,
+            local_gpu: self.local_gpu,
         })
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertEvent, Evaluator, Rule, Webhook};
-use crate::scrape::{unix_ms, ScrapeError, Scraper, TimedSample, Window};
+use crate::scrape::{gpu, unix_ms, ScrapeError, Scraper, TimedSample, Window};
 use crate::store::{AlertRow, Store, StoreError};
 pub use view::{MonitorSnapshot, ServerView};
 
@@ -43,6 +43,8 @@ pub struct MonitorConfig {
     pub max_intervals: Option<u64>,
     /// Print alert log lines to stderr as they happen (off while a TUI owns the terminal).
     pub log_alerts: bool,
+    /// Fill GPU metrics from this machine's `nvidia-smi` when a server's own metrics have none.
+    pub local_gpu: bool,
 }
 
 /// Errors that stop the monitor.
@@ -132,6 +134,13 @@ pub async fn run(
         apply_commands(&mut sinks, &mut targets, &mut snapshot);
         let scrapes =
             futures_util::future::join_all(targets.iter().map(|t| t.scraper.scrape())).await;
+        let gpu = match cfg.local_gpu {
+            true => tokio::task::spawn_blocking(gpu::query_local)
+                .await
+                .ok()
+                .flatten(),
+            false => None,
+        };
         let t = origin.elapsed().as_secs_f64();
         let wall = unix_ms();
         let last = total.is_some_and(|n| outcome.intervals + 1 >= n);
@@ -139,7 +148,10 @@ pub async fn run(
             let tgt = &mut targets[i];
             let url = tgt.scraper.base().to_owned();
             let derived = match result {
-                Ok(sample) => {
+                Ok(mut sample) => {
+                    if let Some(g) = &gpu {
+                        g.fill(&mut sample);
+                    }
                     let engine = sample.engine;
                     tgt.window.push(TimedSample {
                         t,

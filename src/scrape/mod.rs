@@ -3,6 +3,7 @@
 //! ([`ollama`]) and metrics derived over a sliding window ([`derive`]).
 
 pub mod derive;
+pub mod gpu;
 pub mod model;
 pub mod ollama;
 pub mod prom;
