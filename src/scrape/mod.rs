@@ -1,6 +1,6 @@
 //! Scraping serving engines: the Prometheus text parser ([`prom`]), the mapping
 //! of each engine's names into one model ([`model`]), Ollama's JSON API
-//! ([`ollama`]) and metrics derived over a sliding window ([`derive`]).
+//! ([`ollama`]) and metrics derived over a sliding window ([`mod@derive`]).
 
 pub mod derive;
 pub mod gpu;

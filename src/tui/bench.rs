@@ -54,7 +54,7 @@ pub struct LiveRates {
 }
 
 impl LiveRates {
-    /// Adds a snapshot seen at `now`; returns (req/s, tok/s) over [`LIVE_WINDOW`].
+    /// Adds a snapshot seen at `now`; returns (req/s, tok/s) over the last 5 s.
     pub fn update(&mut self, now: Instant, s: &Snapshot) -> (f64, f64) {
         self.points.push_back((now, s.ok, s.output_tokens));
         while self.points.len() > 2

@@ -1,5 +1,5 @@
 //! Terminal dashboards (ratatui): the monitor ([`monitor`]) and the live bench
-//! view ([`bench`]). Each renders from immutable snapshots on its own OS
+//! view ([`mod@bench`]). Each renders from immutable snapshots on its own OS
 //! thread at most [`MAX_FPS`] times a second, redrawing only when a new
 //! snapshot or a key arrives. A RAII guard and a panic hook restore the
 //! terminal on every exit path.
