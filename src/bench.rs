@@ -11,12 +11,12 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use tokio::sync::watch;
 
 use crate::config::{BenchConfig, ConfigError};
+use crate::engine::{self, Controls, LoadPlan};
 use crate::engine::request::{error_chain, Transport};
 use crate::engine::workload::PromptSource;
-use crate::engine::{self, Controls, LoadPlan};
 use crate::progress::{Progress, ProgressInputs};
-use crate::report::RunReport;
 use crate::scrape::recorder::Recorder;
+use crate::report::RunReport;
 use crate::stats::aggregator::RecordsOut;
 use crate::stats::{Aggregator, Snapshot};
 use crate::summary;
@@ -60,10 +60,7 @@ pub struct Outputs {
 fn create(path: &Path) -> Result<(PathBuf, File), BenchError> {
     File::create(path)
         .map(|f| (path.to_owned(), f))
-        .map_err(|source| BenchError::Output {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| BenchError::Output { path: path.to_owned(), source })
 }
 
 impl Outputs {
@@ -113,10 +110,7 @@ async fn measure(
         stop_at: cfg.stop,
         warmup: cfg.warmup,
         server: Some(server_rx),
-        title: format!(
-            "{}  model {}  concurrency {}",
-            cfg.url, cfg.model, cfg.concurrency
-        ),
+        title: format!("{}  model {}  concurrency {}", cfg.url, cfg.model, cfg.concurrency),
         controls: controls.clone(),
     };
     let progress = Progress::start(cfg.progress, snap_rx, inputs);
@@ -168,11 +162,7 @@ pub fn build_client() -> Result<reqwest::Client, BenchError> {
 
 /// Fails fast when nothing answers at the target's address.
 async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), BenchError> {
-    let probe = client
-        .get(url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await;
+    let probe = client.get(url).timeout(Duration::from_secs(10)).send().await;
     match probe {
         Ok(_) => Ok(()),
         Err(e) if e.is_connect() || e.is_timeout() => Err(BenchError::Unreachable {
@@ -188,17 +178,12 @@ fn build_transport(cfg: &BenchConfig, client: reqwest::Client) -> Result<Transpo
     let key_var = cfg.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
     if let Ok(key) = std::env::var(key_var) {
         let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-            ConfigError(format!(
-                "the API key in ${key_var} contains characters not allowed in an HTTP header"
-            ))
+            ConfigError(format!("the API key in ${key_var} contains characters not allowed in an HTTP header"))
         })?;
         v.set_sensitive(true);
         headers.insert(AUTHORIZATION, v);
     } else if cfg.api_key_env.is_some() {
-        return Err(ConfigError(format!(
-            "--api-key-env names '{key_var}', but that environment variable is not set"
-        ))
-        .into());
+        return Err(ConfigError(format!("--api-key-env names '{key_var}', but that environment variable is not set")).into());
     }
     Ok(Transport {
         client,

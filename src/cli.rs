@@ -20,13 +20,7 @@ pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
-#[command(
-    name = "throtl",
-    version,
-    about,
-    help_expected = true,
-    propagate_version = true
-)]
+#[command(name = "throtl", version, about, help_expected = true, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -76,12 +70,7 @@ pub struct BenchArgs {
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,
     /// Wire protocol.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "openai-chat",
-        help_heading = "Target"
-    )]
+    #[arg(long, value_enum, default_value = "openai-chat", help_heading = "Target")]
     pub api: ApiArg,
     /// Environment variable holding the API key, sent as a Bearer token [default: OPENAI_API_KEY if set].
     #[arg(long, value_name = "NAME", help_heading = "Target")]
@@ -177,8 +166,7 @@ pub struct DemoArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
 }
 
 fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
@@ -253,10 +241,7 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
     }
-    b.enable_all()
-        .thread_name("throtl-client")
-        .build()
-        .context("cannot start the async runtime")
+    b.enable_all().thread_name("throtl-client").build().context("cannot start the async runtime")
 }
 
 fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
@@ -304,8 +289,7 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
     );
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
-    rt.block_on(async { tokio::signal::ctrl_c().await })
-        .context("cannot wait for Ctrl-C")?;
+    rt.block_on(async { tokio::signal::ctrl_c().await }).context("cannot wait for Ctrl-C")?;
     drop(handle);
     Ok(ExitCode::SUCCESS)
 }
@@ -313,8 +297,7 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
 fn run_demo(args: &DemoArgs) -> Result<ExitCode> {
     let rt = runtime(None)?;
     rt.block_on(async {
-        let (report, cfg) =
-            crate::demo::run(args.concurrency, args.requests, args.json.clone()).await?;
+        let (report, cfg) = crate::demo::run(args.concurrency, args.requests, args.json.clone()).await?;
         finish_report(&report, &cfg)
     })
 }
@@ -331,25 +314,14 @@ mod tests {
 
     #[test]
     fn requests_and_duration_conflict() {
-        let r = Cli::try_parse_from([
-            "throtl",
-            "bench",
-            "--url",
-            "http://x",
-            "--requests",
-            "5",
-            "--duration",
-            "1s",
-        ]);
+        let r = Cli::try_parse_from(["throtl", "bench", "--url", "http://x", "--requests", "5", "--duration", "1s"]);
         assert!(r.is_err());
     }
 
     #[test]
     fn zero_concurrency_is_rejected_with_the_flag_name() {
         let cli = Cli::try_parse_from(["throtl", "bench", "--url", "http://x", "-c", "0"]).unwrap();
-        let Command::Bench(b) = cli.command else {
-            panic!("bench")
-        };
+        let Command::Bench(b) = cli.command else { panic!("bench") };
         let err = b.to_config("m".into()).unwrap_err().to_string();
         assert!(err.contains("--concurrency"), "{err}");
     }

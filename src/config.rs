@@ -109,14 +109,10 @@ impl BenchConfig {
 /// Normalises a base URL: requires http(s), drops a trailing `/` and `/v1`.
 pub fn normalize_base_url(raw: &str) -> Result<String, ConfigError> {
     let url = reqwest::Url::parse(raw).map_err(|e| {
-        ConfigError(format!(
-            "--url '{raw}' is not a valid URL ({e}); use e.g. 'http://127.0.0.1:8000'"
-        ))
+        ConfigError(format!("--url '{raw}' is not a valid URL ({e}); use e.g. 'http://127.0.0.1:8000'"))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError(format!(
-            "--url '{raw}' must start with http:// or https://"
-        )));
+        return Err(ConfigError(format!("--url '{raw}' must start with http:// or https://")));
     }
     let mut s = raw.trim_end_matches('/').to_owned();
     if s.ends_with("/v1") {
