@@ -14,11 +14,15 @@ use crate::config::{BenchConfig, ConfigError};
 use crate::engine::request::{error_chain, Transport};
 use crate::engine::workload::PromptSource;
 use crate::engine::{self, Controls, LoadPlan};
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressInputs};
 use crate::report::RunReport;
+use crate::scrape::recorder::Recorder;
 use crate::stats::aggregator::RecordsOut;
 use crate::stats::{Aggregator, Snapshot};
 use crate::summary;
+
+/// How often the target's `/metrics` is scraped during a run.
+const SERVER_SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// Failures that stop a bench before or after it measured.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +106,19 @@ async fn measure(
     });
     let aggregator = Aggregator::start(rx, cfg.input_tokens, records_out, snap_tx)
         .map_err(|e| BenchError::Internal(e.to_string()))?;
-    let progress = Progress::start(cfg.progress, snap_rx, cfg.stop, cfg.warmup);
+    let (server_tx, server_rx) = watch::channel(None);
+    let recorder = Recorder::start(&cfg.url, SERVER_SCRAPE_EVERY, origin, server_tx).ok();
+    let inputs = ProgressInputs {
+        stop_at: cfg.stop,
+        warmup: cfg.warmup,
+        server: Some(server_rx),
+        title: format!(
+            "{}  model {}  concurrency {}",
+            cfg.url, cfg.model, cfg.concurrency
+        ),
+        controls: controls.clone(),
+    };
+    let progress = Progress::start(cfg.progress, snap_rx, inputs);
     let plan = Arc::new(LoadPlan {
         concurrency: cfg.concurrency,
         stop: cfg.stop,
@@ -118,11 +134,14 @@ async fn measure(
         source,
     })?;
     progress.finish();
+    let server_metrics = recorder.and_then(Recorder::finish);
     let cpu = match (cpu_before, crate::sys::cpu_time()) {
         (Some(a), Some(b)) => Some((b - a).as_secs_f64()),
         _ => None,
     };
-    Ok(summary::build(cfg, &stats, &outcome, started_wall, cpu))
+    let mut report = summary::build(cfg, &stats, &outcome, started_wall, cpu);
+    report.server_metrics = server_metrics;
+    Ok(report)
 }
 
 /// Serialises the report as pretty JSON.

@@ -15,6 +15,9 @@ use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
 use crate::sim::SimConfig;
 
+mod monitor;
+pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
+
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +42,10 @@ pub enum Command {
     Mock(MockArgs),
     /// Run a short benchmark against the built-in simulator and show the result.
     Demo(DemoArgs),
+    /// Watch servers' /metrics live: dashboard, history, alert rules.
+    Monitor(MonitorArgs),
+    /// Print or export what `monitor` recorded.
+    History(HistoryArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -180,7 +187,7 @@ fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
     } else if no_tui || !std::io::stderr().is_terminal() {
         ProgressMode::Lines
     } else {
-        ProgressMode::Bar
+        ProgressMode::Tui
     }
 }
 
@@ -236,6 +243,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => run_bench(&args),
         Command::Mock(args) => run_mock(&args),
         Command::Demo(args) => run_demo(&args),
+        Command::Monitor(args) => monitor::run_monitor(&args),
+        Command::History(args) => monitor::run_history(&args),
     }
 }
 

@@ -19,6 +19,8 @@ pub struct ConfigError(pub String);
 pub enum ProgressMode {
     /// A live progress bar (terminal).
     Bar,
+    /// The live ratatui dashboard (terminal).
+    Tui,
     /// A plain line every few seconds (pipes, CI logs).
     Lines,
     /// Nothing but the result.

@@ -43,7 +43,7 @@ pub async fn run(
         json_out: Some(json),
         records_out: None,
         progress: if std::io::stderr().is_terminal() {
-            ProgressMode::Bar
+            ProgressMode::Tui
         } else {
             ProgressMode::Lines
         },

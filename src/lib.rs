@@ -4,6 +4,7 @@
 //! (pipeline) → [`engine`] (load, records) → [`stats`] (aggregator,
 //! histograms) → [`report`] (presentation). [`sim`] is the built-in server.
 
+pub mod alert;
 pub mod api;
 pub mod bench;
 pub mod cli;
@@ -11,13 +12,17 @@ pub mod config;
 pub mod demo;
 pub mod discover;
 pub mod engine;
+pub mod monitor;
 pub mod progress;
 pub mod report;
+pub mod scrape;
 pub mod sim;
 pub mod stats;
+pub mod store;
 pub mod stream;
 pub mod summary;
 pub mod sys;
+pub mod tui;
 
 use std::time::Duration;
 

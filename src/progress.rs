@@ -11,8 +11,24 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 
 use crate::config::ProgressMode;
-use crate::engine::StopCondition;
+use crate::engine::{Controls, StopCondition};
+use crate::scrape::Derived;
 use crate::stats::Snapshot;
+use crate::tui::bench::BenchDashboard;
+
+/// What the live display shows besides the aggregator snapshots.
+pub struct ProgressInputs {
+    /// The run's stop condition.
+    pub stop_at: StopCondition,
+    /// Warmup requests.
+    pub warmup: u64,
+    /// The target's own metrics, when scraped.
+    pub server: Option<watch::Receiver<Option<Derived>>>,
+    /// Dashboard title (target, model, load).
+    pub title: String,
+    /// Run controls, for the dashboard's stop key.
+    pub controls: Controls,
+}
 
 /// A running progress display.
 pub struct Progress {
@@ -25,13 +41,30 @@ impl Progress {
     pub fn start(
         mode: ProgressMode,
         rx: watch::Receiver<Arc<Snapshot>>,
-        stop_at: StopCondition,
-        warmup: u64,
+        inputs: ProgressInputs,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let (stop_at, warmup) = (inputs.stop_at, inputs.warmup);
         let thread = match mode {
             ProgressMode::Quiet => None,
+            ProgressMode::Tui => std::thread::Builder::new()
+                .name("throtl-dashboard".into())
+                .spawn(move || {
+                    let dash = BenchDashboard {
+                        snapshots: rx.clone(),
+                        server: inputs.server,
+                        stop_at,
+                        title: inputs.title,
+                        controls: inputs.controls,
+                    };
+                    // No usable terminal: fall back to plain lines.
+                    if crate::tui::bench::run(dash, &flag).is_err() {
+                        crate::tui::restore();
+                        draw_loop(ProgressMode::Lines, rx, stop_at, warmup, &flag);
+                    }
+                })
+                .ok(),
             _ => std::thread::Builder::new()
                 .name("throtl-progress".into())
                 .spawn(move || draw_loop(mode, rx, stop_at, warmup, &flag))

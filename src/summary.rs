@@ -81,6 +81,7 @@ pub fn build(
         environment: environment(),
         warnings: Vec::new(),
         config: serde_json::to_value(cfg).unwrap_or_default(),
+        server_metrics: None,
     };
     report.warnings = warnings(&report);
     report

@@ -53,12 +53,30 @@ pub fn render(r: &RunReport) -> String {
         r.tokens.output_total,
         source_words(&r.tokens.source)
     );
+    if let Some(sm) = &r.server_metrics {
+        server_line(&mut s, sm);
+    }
     let _ = writeln!(s);
     latency_table(&mut s, r);
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
     s
+}
+
+/// The server's own counters over the run (from its /metrics), beside the client's.
+fn server_line(s: &mut String, sm: &crate::scrape::recorder::ServerMetrics) {
+    let n = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0}"));
+    let _ = writeln!(
+        s,
+        "  server      {} /metrics: {} requests ok, {} failed, {} prompt + {} generated tokens (warmup included; {} scrapes)",
+        sm.engine,
+        n(sm.totals.requests_ok),
+        n(sm.totals.requests_failed),
+        n(sm.totals.prompt_tokens),
+        n(sm.totals.generation_tokens),
+        sm.scrapes
+    );
 }
 
 fn source_words(source: &str) -> &'static str {

@@ -59,6 +59,9 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// The full configuration of the run.
     pub config: serde_json::Value,
+    /// The target's own `/metrics` scraped during the run (absent when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_metrics: Option<crate::scrape::recorder::ServerMetrics>,
 }
 
 /// The target server.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::Stats;
+use super::{LatencyHistogram, Stats};
 use crate::engine::record::RequestRecord;
 use crate::report::records::RecordLine;
 
@@ -35,11 +35,97 @@ pub struct Snapshot {
     pub ttft_p50_ms: f64,
     /// Median ITL so far, in ms.
     pub itl_p50_ms: f64,
+    /// Input tokens of successful measured requests.
+    pub input_tokens: u64,
+    /// Failed measured requests by class.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// TTFT percentiles (ms) over the last 10–20 s of finished requests.
+    pub recent_ttft_ms: Percentiles,
+    /// ITL percentiles (ms) over the last 10–20 s of finished requests.
+    pub recent_itl_ms: Percentiles,
+}
+
+/// p50 / p95 / p99 of a rolling window (0 when it is empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Samples in the window.
+    pub count: u64,
+}
+
+impl Percentiles {
+    fn of(h: &LatencyHistogram) -> Self {
+        let d = h.distribution(1000.0);
+        Self {
+            p50: d.p50,
+            p95: d.p95,
+            p99: d.p99,
+            count: h.count(),
+        }
+    }
+}
+
+/// How long each half of the rolling window lasts.
+const ROLLING_HALF: Duration = Duration::from_secs(10);
+
+/// TTFT and ITL of recently finished requests: two halves, rotated every
+/// [`ROLLING_HALF`], so the window covers the last 10–20 s.
+struct Rolling {
+    cur: (LatencyHistogram, LatencyHistogram),
+    prev: (LatencyHistogram, LatencyHistogram),
+    since: Instant,
+}
+
+impl Rolling {
+    fn new() -> Self {
+        Self {
+            cur: Default::default(),
+            prev: Default::default(),
+            since: Instant::now(),
+        }
+    }
+
+    fn ingest(&mut self, r: &RequestRecord) {
+        if r.warmup || r.error.is_some() {
+            return;
+        }
+        if let Some(t) = r.ttft() {
+            self.cur.0.record(t);
+        }
+        for gap in r.itl_gaps() {
+            self.cur.1.record(gap);
+        }
+    }
+
+    fn rotate(&mut self) {
+        if self.since.elapsed() >= ROLLING_HALF {
+            self.prev = std::mem::take(&mut self.cur);
+            self.since = Instant::now();
+        }
+    }
+
+    fn percentiles(&self) -> (Percentiles, Percentiles) {
+        let mut ttft = self.prev.0.clone();
+        ttft.merge(&self.cur.0);
+        let mut itl = self.prev.1.clone();
+        itl.merge(&self.cur.1);
+        (Percentiles::of(&ttft), Percentiles::of(&itl))
+    }
 }
 
 impl Snapshot {
-    fn of(s: &Stats) -> Self {
+    fn of(s: &Stats, rolling: &Rolling) -> Self {
+        let (recent_ttft_ms, recent_itl_ms) = rolling.percentiles();
         Self {
+            input_tokens: s.input_tokens,
+            errors: s.errors.clone(),
+            recent_ttft_ms,
+            recent_itl_ms,
             done: s.ok + s.failed(),
             ok: s.ok,
             failed: s.failed(),
@@ -77,11 +163,13 @@ impl Aggregator {
             .name("throtl-aggregator".into())
             .spawn(move || {
                 let mut stats = Stats::default();
+                let mut rolling = Rolling::new();
                 let mut last = Instant::now();
                 loop {
                     match rx.recv_timeout(SNAPSHOT_EVERY) {
                         Ok(r) => {
                             stats.ingest(&r, requested_input_tokens);
+                            rolling.ingest(&r);
                             if let Some(out) = records.as_mut() {
                                 write_record(out, &r)?;
                             }
@@ -91,13 +179,14 @@ impl Aggregator {
                     }
                     if last.elapsed() >= SNAPSHOT_EVERY {
                         last = Instant::now();
-                        let _ = snapshots.send(Arc::new(Snapshot::of(&stats)));
+                        rolling.rotate();
+                        let _ = snapshots.send(Arc::new(Snapshot::of(&stats, &rolling)));
                     }
                 }
                 if let Some(out) = records.as_mut() {
                     out.writer.flush()?;
                 }
-                let _ = snapshots.send(Arc::new(Snapshot::of(&stats)));
+                let _ = snapshots.send(Arc::new(Snapshot::of(&stats, &rolling)));
                 Ok(stats)
             })?;
         Ok(Self { thread })
