@@ -80,7 +80,7 @@ impl Profile {
     /// A built-in profile by name.
     pub fn builtin(name: &str) -> Result<Self, ProfileError> {
         match name {
-            "llama3-8b-rtx4090" => Ok(llama3_8b("llama3-8b-rtx4090", 1008.0, 165.2, 24.0, 0.85, 0.55, 1500.0, 1900, 2048)),
+            "llama3-8b-rtx4090" => Ok(llama3_8b("llama3-8b-rtx4090", 1008.0, 165.2, 24.0, 0.85, 0.80, 1500.0, 1900, 2048)),
             "llama3-8b-h100" => Ok(llama3_8b("llama3-8b-h100", 3350.0, 989.0, 80.0, 0.80, 0.50, 1500.0, 25_000, 8192)),
             "llama3-70b-4xh100" => Ok(llama3_70b_4xh100()),
             other => Err(ProfileError::Unknown(other.to_owned())),
