@@ -39,7 +39,12 @@ async fn bench(cfg: &BenchConfig) -> RunReport {
 }
 
 async fn scrape(server: &SimHandle) -> String {
-    reqwest::get(format!("{}/metrics", server.url())).await.unwrap().text().await.unwrap()
+    reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The value of the first series named `name` whose labels contain `label`.
@@ -60,7 +65,12 @@ fn hist_mean(text: &str, name: &str) -> (f64, f64) {
 }
 
 fn engine_sim(e: EngineConfig, faults: FaultConfig) -> SimHandle {
-    sim::start(SimConfig { engine_model: Some(e), faults, ..SimConfig::default() }).unwrap()
+    sim::start(SimConfig {
+        engine_model: Some(e),
+        faults,
+        ..SimConfig::default()
+    })
+    .unwrap()
 }
 
 fn within(a: f64, b: f64, rel: f64) -> bool {
@@ -69,28 +79,64 @@ fn within(a: f64, b: f64, rel: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue5_metrics_agree_with_what_bench_measured() {
-    let server = engine_sim(EngineConfig::new(Profile::builtin("llama3-8b-rtx4090").unwrap()), FaultConfig::default());
+    let server = engine_sim(
+        EngineConfig::new(Profile::builtin("llama3-8b-rtx4090").unwrap()),
+        FaultConfig::default(),
+    );
     let report = bench(&bench_cfg(server.url(), 8, 32, 128, 16)).await;
     let text = scrape(&server).await;
     assert_eq!(report.requests.ok, 32, "{:?}", report.requests.errors);
     let ok = report.requests.ok as f64;
-    assert_eq!(value(&text, "vllm:request_success_total", "finished_reason=\"length\""), ok);
-    assert_eq!(value(&text, "vllm:generation_tokens_total", ""), report.tokens.output_total as f64);
-    assert_eq!(value(&text, "vllm:prompt_tokens_total", ""), report.tokens.input_total as f64);
+    assert_eq!(
+        value(
+            &text,
+            "vllm:request_success_total",
+            "finished_reason=\"length\""
+        ),
+        ok
+    );
+    assert_eq!(
+        value(&text, "vllm:generation_tokens_total", ""),
+        report.tokens.output_total as f64
+    );
+    assert_eq!(
+        value(&text, "vllm:prompt_tokens_total", ""),
+        report.tokens.input_total as f64
+    );
     assert_eq!(value(&text, "vllm:num_requests_running", ""), 0.0);
     assert_eq!(value(&text, "vllm:kv_cache_usage_perc", ""), 0.0);
     let lat = &report.latency_ms;
     for (name, client_count, client_mean_ms) in [
-        ("vllm:time_to_first_token_seconds", lat.ttft.count, lat.ttft.mean),
-        ("vllm:inter_token_latency_seconds", lat.itl.count, lat.itl.mean),
-        ("vllm:e2e_request_latency_seconds", lat.e2e.count, lat.e2e.mean),
+        (
+            "vllm:time_to_first_token_seconds",
+            lat.ttft.count,
+            lat.ttft.mean,
+        ),
+        (
+            "vllm:inter_token_latency_seconds",
+            lat.itl.count,
+            lat.itl.mean,
+        ),
+        (
+            "vllm:e2e_request_latency_seconds",
+            lat.e2e.count,
+            lat.e2e.mean,
+        ),
     ] {
         let (count, mean_s) = hist_mean(&text, name);
         assert_eq!(count, client_count as f64, "{name} count");
-        assert!(within(mean_s * 1000.0, client_mean_ms, 0.05), "{name}: server mean {} ms, client {client_mean_ms} ms", mean_s * 1000.0);
+        assert!(
+            within(mean_s * 1000.0, client_mean_ms, 0.05),
+            "{name}: server mean {} ms, client {client_mean_ms} ms",
+            mean_s * 1000.0
+        );
     }
     // Decode at batch ≤ 8 on an RTX 4090 profile: ~20 ms per token.
-    assert!(lat.itl.mean > 15.0 && lat.itl.mean < 40.0, "itl {}", lat.itl.mean);
+    assert!(
+        lat.itl.mean > 15.0 && lat.itl.mean < 40.0,
+        "itl {}",
+        lat.itl.mean
+    );
     let (queue_n, _) = hist_mean(&text, "vllm:request_queue_time_seconds");
     assert_eq!(queue_n, ok);
 }
@@ -103,12 +149,24 @@ async fn issue5_a_small_kv_cache_preempts_and_reports_it() {
     let report = bench(&bench_cfg(server.url(), 8, 16, 64, 16)).await;
     let text = scrape(&server).await;
     assert_eq!(report.requests.ok, 16, "{:?}", report.requests.errors);
-    assert!(value(&text, "vllm:num_preemptions_total", "") > 0.0, "{text}");
-    assert_eq!(value(&text, "vllm:generation_tokens_total", ""), 16.0 * 16.0);
+    assert!(
+        value(&text, "vllm:num_preemptions_total", "") > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "vllm:generation_tokens_total", ""),
+        16.0 * 16.0
+    );
 }
 
 fn fixed_sim(faults: FaultConfig) -> SimHandle {
-    sim::start(SimConfig { ttft: Duration::from_millis(1), itl: Duration::from_micros(500), faults, ..SimConfig::default() }).unwrap()
+    sim::start(SimConfig {
+        ttft: Duration::from_millis(1),
+        itl: Duration::from_micros(500),
+        faults,
+        ..SimConfig::default()
+    })
+    .unwrap()
 }
 
 fn errors(r: &RunReport, key: &str) -> u64 {
@@ -117,15 +175,30 @@ fn errors(r: &RunReport, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue5_faults_are_counted_exactly_by_bench() {
-    let faults = FaultConfig { seed: 7, fail_rate: 0.1, disconnect_rate: 0.1, malformed_rate: 0.1, ..FaultConfig::default() };
+    let faults = FaultConfig {
+        seed: 7,
+        fail_rate: 0.1,
+        disconnect_rate: 0.1,
+        malformed_rate: 0.1,
+        ..FaultConfig::default()
+    };
     let server = fixed_sim(faults);
     let report = bench(&bench_cfg(server.url(), 4, 300, 16, 8)).await;
     let text = scrape(&server).await;
-    let injected = |kind: &str| value(&text, "throtl_sim_faults_injected_total", &format!("kind=\"{kind}\"")) as u64;
+    let injected = |kind: &str| {
+        value(
+            &text,
+            "throtl_sim_faults_injected_total",
+            &format!("kind=\"{kind}\""),
+        ) as u64
+    };
     assert_eq!(errors(&report, "http_500"), injected("failed"));
     assert_eq!(errors(&report, "truncated"), injected("disconnected"));
     assert_eq!(errors(&report, "malformed"), injected("malformed"));
-    assert_eq!(report.requests.failed, injected("failed") + injected("disconnected") + injected("malformed"));
+    assert_eq!(
+        report.requests.failed,
+        injected("failed") + injected("disconnected") + injected("malformed")
+    );
     for kind in ["failed", "disconnected", "malformed"] {
         let n = injected(kind);
         assert!((10..=60).contains(&n), "{kind}: {n} of 300 at rate 0.1");
@@ -135,9 +208,18 @@ async fn issue5_faults_are_counted_exactly_by_bench() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue5_same_seed_same_faults() {
     let run = || async {
-        let faults = FaultConfig { seed: 11, fail_rate: 0.2, disconnect_rate: 0.2, malformed_rate: 0.2, ..FaultConfig::default() };
+        let faults = FaultConfig {
+            seed: 11,
+            fail_rate: 0.2,
+            disconnect_rate: 0.2,
+            malformed_rate: 0.2,
+            ..FaultConfig::default()
+        };
         let server = fixed_sim(faults);
-        bench(&bench_cfg(server.url(), 1, 60, 8, 4)).await.requests.errors
+        bench(&bench_cfg(server.url(), 1, 60, 8, 4))
+            .await
+            .requests
+            .errors
     };
     let a = run().await;
     assert_eq!(a, run().await);
@@ -146,10 +228,17 @@ async fn issue5_same_seed_same_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue5_rate_limit_and_queue_limit_answer_429_and_503() {
-    let server = fixed_sim(FaultConfig { rate_limit: Some(20.0), ..FaultConfig::default() });
+    let server = fixed_sim(FaultConfig {
+        rate_limit: Some(20.0),
+        ..FaultConfig::default()
+    });
     let report = bench(&bench_cfg(server.url(), 4, 100, 8, 4)).await;
     let text = scrape(&server).await;
-    let limited = value(&text, "throtl_sim_faults_injected_total", "kind=\"rate_limited\"") as u64;
+    let limited = value(
+        &text,
+        "throtl_sim_faults_injected_total",
+        "kind=\"rate_limited\"",
+    ) as u64;
     assert!(limited > 0);
     assert_eq!(errors(&report, "http_429"), limited);
     let resp = reqwest::Client::new()
@@ -162,10 +251,20 @@ async fn issue5_rate_limit_and_queue_limit_answer_429_and_503() {
 
     let mut e = EngineConfig::new(Profile::builtin("llama3-8b-rtx4090").unwrap());
     e.max_num_seqs = 1;
-    let server = engine_sim(e, FaultConfig { max_queue: Some(2), ..FaultConfig::default() });
+    let server = engine_sim(
+        e,
+        FaultConfig {
+            max_queue: Some(2),
+            ..FaultConfig::default()
+        },
+    );
     let report = bench(&bench_cfg(server.url(), 8, 24, 8, 2)).await;
     let text = scrape(&server).await;
-    let full = value(&text, "throtl_sim_faults_injected_total", "kind=\"queue_full\"") as u64;
+    let full = value(
+        &text,
+        "throtl_sim_faults_injected_total",
+        "kind=\"queue_full\"",
+    ) as u64;
     assert!(full > 0);
     assert_eq!(errors(&report, "http_503"), full);
     assert_eq!(report.requests.ok + full, 24);
@@ -173,14 +272,43 @@ async fn issue5_rate_limit_and_queue_limit_answer_429_and_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue5_cold_start_and_stalls_delay_but_do_not_fail() {
-    let stall = StallSpec { duration: Duration::from_millis(150), probability: 1.0 };
-    let server = fixed_sim(FaultConfig { cold_start: Some(Duration::from_millis(300)), stall: Some(stall), ..FaultConfig::default() });
+    let stall = StallSpec {
+        duration: Duration::from_millis(150),
+        probability: 1.0,
+    };
+    let server = fixed_sim(FaultConfig {
+        cold_start: Some(Duration::from_millis(300)),
+        stall: Some(stall),
+        ..FaultConfig::default()
+    });
     let report = bench(&bench_cfg(server.url(), 1, 3, 8, 4)).await;
     assert_eq!(report.requests.ok, 3);
     // The first request waits for the load, every request stalls once.
-    assert!(report.latency_ms.ttft.max >= 300.0, "{:?}", report.latency_ms.ttft);
-    assert!(report.latency_ms.e2e.min >= 150.0, "{:?}", report.latency_ms.e2e);
+    assert!(
+        report.latency_ms.ttft.max >= 300.0,
+        "{:?}",
+        report.latency_ms.ttft
+    );
+    assert!(
+        report.latency_ms.e2e.min >= 150.0,
+        "{:?}",
+        report.latency_ms.e2e
+    );
     let text = scrape(&server).await;
-    assert_eq!(value(&text, "throtl_sim_faults_injected_total", "kind=\"stalled\""), 3.0);
-    assert_eq!(value(&text, "throtl_sim_faults_injected_total", "kind=\"cold_start\""), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "throtl_sim_faults_injected_total",
+            "kind=\"stalled\""
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "throtl_sim_faults_injected_total",
+            "kind=\"cold_start\""
+        ),
+        1.0
+    );
 }

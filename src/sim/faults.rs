@@ -40,13 +40,22 @@ impl FromStr for StallSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (d, p) = s.split_once('@').ok_or_else(|| format!("'{s}' is not DURATION@PROBABILITY, e.g. 2s@0.01"))?;
-        let duration = humantime::parse_duration(d.trim()).map_err(|e| format!("'{d}' is not a duration ({e}); write e.g. 2s@0.01"))?;
-        let probability: f64 = p.trim().parse().map_err(|_| format!("'{p}' is not a probability; write e.g. 2s@0.01"))?;
+        let (d, p) = s
+            .split_once('@')
+            .ok_or_else(|| format!("'{s}' is not DURATION@PROBABILITY, e.g. 2s@0.01"))?;
+        let duration = humantime::parse_duration(d.trim())
+            .map_err(|e| format!("'{d}' is not a duration ({e}); write e.g. 2s@0.01"))?;
+        let probability: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{p}' is not a probability; write e.g. 2s@0.01"))?;
         if !(0.0..=1.0).contains(&probability) {
             return Err(format!("stall probability '{p}' must be between 0 and 1"));
         }
-        Ok(Self { duration, probability })
+        Ok(Self {
+            duration,
+            probability,
+        })
     }
 }
 
@@ -86,14 +95,22 @@ impl FaultConfig {
 
     /// Checks ranges; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
-        for (flag, v) in [("--fail-rate", self.fail_rate), ("--disconnect-rate", self.disconnect_rate), ("--malformed-rate", self.malformed_rate)] {
+        for (flag, v) in [
+            ("--fail-rate", self.fail_rate),
+            ("--disconnect-rate", self.disconnect_rate),
+            ("--malformed-rate", self.malformed_rate),
+        ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(format!("{flag} '{v}' must be a probability between 0 and 1"));
+                return Err(format!(
+                    "{flag} '{v}' must be a probability between 0 and 1"
+                ));
             }
         }
         if let Some(r) = self.rate_limit {
             if !(r.is_finite() && r > 0.0) {
-                return Err(format!("--rate-limit '{r}' must be a positive number of requests per second"));
+                return Err(format!(
+                    "--rate-limit '{r}' must be a positive number of requests per second"
+                ));
             }
         }
         if self.max_queue == Some(0) {
@@ -133,8 +150,10 @@ impl FaultPlan {
         }
         let stall_p = cfg.stall.map_or(0.0, |s| s.probability);
         Self {
-            disconnect_at: (d.disconnect < cfg.disconnect_rate).then(|| position(d.disconnect_at, max_tokens)),
-            malformed_at: (d.malformed < cfg.malformed_rate).then(|| position(d.malformed_at, max_tokens)),
+            disconnect_at: (d.disconnect < cfg.disconnect_rate)
+                .then(|| position(d.disconnect_at, max_tokens)),
+            malformed_at: (d.malformed < cfg.malformed_rate)
+                .then(|| position(d.malformed_at, max_tokens)),
             stall_at: (d.stall < stall_p).then(|| position(d.stall_at, max_tokens)),
         }
     }
@@ -168,12 +187,20 @@ pub struct FaultyModel {
 
 impl FaultyModel {
     /// Wraps `inner`; faults are counted in `metrics`.
-    pub fn new(inner: Box<dyn EngineModel>, cfg: FaultConfig, timer: PreciseTimer, metrics: Arc<SimMetrics>) -> Self {
+    pub fn new(
+        inner: Box<dyn EngineModel>,
+        cfg: FaultConfig,
+        timer: PreciseTimer,
+        metrics: Arc<SimMetrics>,
+    ) -> Self {
         let burst = cfg.rate_limit.unwrap_or(1.0).max(1.0);
         Self {
             inner,
             rng: Mutex::new(SmallRng::seed_from_u64(cfg.seed)),
-            bucket: Mutex::new(Bucket { tokens: burst, at: Instant::now() }),
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                at: Instant::now(),
+            }),
             cfg,
             in_flight: Arc::new(AtomicUsize::new(0)),
             loaded_at: OnceLock::new(),
@@ -184,7 +211,9 @@ impl FaultyModel {
 
     /// Token bucket of `--rate-limit`: Err(seconds to wait) when empty.
     fn take_token(&self, now: Instant) -> Result<(), u64> {
-        let Some(rate) = self.cfg.rate_limit else { return Ok(()) };
+        let Some(rate) = self.cfg.rate_limit else {
+            return Ok(());
+        };
         let mut b = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
         let burst = rate.max(1.0);
         b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
@@ -210,9 +239,19 @@ impl FaultyModel {
         }
     }
 
-    fn reject(&self, kind: FaultKind, status: u16, message: String, retry_after_s: Option<u64>) -> Result<Generation, Rejection> {
+    fn reject(
+        &self,
+        kind: FaultKind,
+        status: u16,
+        message: String,
+        retry_after_s: Option<u64>,
+    ) -> Result<Generation, Rejection> {
         self.metrics.fault(kind);
-        Err(Rejection { status, message, retry_after_s })
+        Err(Rejection {
+            status,
+            message,
+            retry_after_s,
+        })
     }
 }
 
@@ -223,18 +262,34 @@ impl EngineModel for FaultyModel {
 
     fn admit_prompt(&self, mut a: Admission, prompt: &[u64]) -> Result<Generation, Rejection> {
         if let Err(wait) = self.take_token(a.arrival) {
-            let msg = format!("rate limit of {} requests/s exceeded (simulated)", self.cfg.rate_limit.unwrap_or(0.0));
+            let msg = format!(
+                "rate limit of {} requests/s exceeded (simulated)",
+                self.cfg.rate_limit.unwrap_or(0.0)
+            );
             return self.reject(FaultKind::RateLimited, 429, msg, Some(wait));
         }
         if let Some(max) = self.cfg.max_queue {
-            let depth = self.inner.queue_depth().unwrap_or_else(|| self.in_flight.load(Ordering::Relaxed));
+            let depth = self
+                .inner
+                .queue_depth()
+                .unwrap_or_else(|| self.in_flight.load(Ordering::Relaxed));
             if depth >= max {
-                return self.reject(FaultKind::QueueFull, 503, format!("queue full ({depth} requests waiting, --max-queue {max}) (simulated)"), Some(1));
+                return self.reject(
+                    FaultKind::QueueFull,
+                    503,
+                    format!("queue full ({depth} requests waiting, --max-queue {max}) (simulated)"),
+                    Some(1),
+                );
             }
         }
         let draws = self.draw();
         if draws.fail < self.cfg.fail_rate {
-            return self.reject(FaultKind::Failed, 500, "internal server error (simulated by --fail-rate)".into(), None);
+            return self.reject(
+                FaultKind::Failed,
+                500,
+                "internal server error (simulated by --fail-rate)".into(),
+                None,
+            );
         }
         if let Some(load) = self.cfg.cold_start {
             let ready = *self.loaded_at.get_or_init(|| a.arrival + load);
@@ -329,10 +384,19 @@ pub fn malformed_frame(framing: WireFraming) -> Bytes {
 /// fault; the caller must then stop streaming (and drop `tx`).
 /// `Disconnect` makes the body fail, so the server drops the connection
 /// without the stream's terminator; `Malformed` sends a corrupt chunk.
-pub async fn forward_fault(ev: &GenEvent, framing: WireFraming, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) -> bool {
+pub async fn forward_fault(
+    ev: &GenEvent,
+    framing: WireFraming,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> bool {
     match ev {
         GenEvent::Disconnect => {
-            let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated disconnect"))).await;
+            let _ = tx
+                .send(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "simulated disconnect",
+                )))
+                .await;
             true
         }
         GenEvent::Malformed => {
@@ -347,11 +411,21 @@ pub async fn forward_fault(ev: &GenEvent, framing: WireFraming, tx: &mpsc::Sende
 pub fn whole_fault_response(ev: &GenEvent) -> Option<Response> {
     match ev {
         GenEvent::Disconnect => {
-            let err = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "simulated disconnect");
+            let err = std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "simulated disconnect",
+            );
             let body = Body::from_stream(futures_util::stream::iter([Err::<Bytes, _>(err)]));
-            Some(Response::builder().header("content-type", "application/json").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+            Some(
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            )
         }
-        GenEvent::Malformed => Some(([("content-type", "application/json")], CORRUPT_JSON).into_response()),
+        GenEvent::Malformed => {
+            Some(([("content-type", "application/json")], CORRUPT_JSON).into_response())
+        }
         _ => None,
     }
 }
@@ -363,34 +437,62 @@ mod tests {
     #[test]
     fn stall_spec_parses_and_rejects() {
         let s: StallSpec = "2s@0.01".parse().unwrap();
-        assert_eq!(s, StallSpec { duration: Duration::from_secs(2), probability: 0.01 });
-        assert!("2s".parse::<StallSpec>().unwrap_err().contains("DURATION@PROBABILITY"));
+        assert_eq!(
+            s,
+            StallSpec {
+                duration: Duration::from_secs(2),
+                probability: 0.01
+            }
+        );
+        assert!("2s"
+            .parse::<StallSpec>()
+            .unwrap_err()
+            .contains("DURATION@PROBABILITY"));
         assert!("2s@1.5".parse::<StallSpec>().is_err());
         assert!("xs@0.5".parse::<StallSpec>().is_err());
     }
 
     #[test]
     fn validation_names_the_flag() {
-        let c = FaultConfig { fail_rate: 2.0, ..FaultConfig::default() };
+        let c = FaultConfig {
+            fail_rate: 2.0,
+            ..FaultConfig::default()
+        };
         assert!(c.validate().unwrap_err().contains("--fail-rate"));
         assert!(!FaultConfig::default().is_active());
     }
 
     #[test]
     fn plans_are_reproducible_from_the_seed() {
-        let cfg = FaultConfig { seed: 42, disconnect_rate: 0.3, malformed_rate: 0.3, ..FaultConfig::default() };
+        let cfg = FaultConfig {
+            seed: 42,
+            disconnect_rate: 0.3,
+            malformed_rate: 0.3,
+            ..FaultConfig::default()
+        };
         let plans = |cfg: &FaultConfig| {
             let mut r = SmallRng::seed_from_u64(cfg.seed);
             (0..50)
                 .map(|_| {
-                    let d = Draws { fail: r.random(), disconnect: r.random(), disconnect_at: r.random(), malformed: r.random(), malformed_at: r.random(), stall: r.random(), stall_at: r.random() };
+                    let d = Draws {
+                        fail: r.random(),
+                        disconnect: r.random(),
+                        disconnect_at: r.random(),
+                        malformed: r.random(),
+                        malformed_at: r.random(),
+                        stall: r.random(),
+                        stall_at: r.random(),
+                    };
                     FaultPlan::new(&d, cfg, 10)
                 })
                 .collect::<Vec<_>>()
         };
         let a = plans(&cfg);
         assert_eq!(a, plans(&cfg));
-        assert!(a.iter().any(|p| p.disconnect_at.is_some()) && a.iter().any(|p| p.disconnect_at.is_none()));
+        assert!(
+            a.iter().any(|p| p.disconnect_at.is_some())
+                && a.iter().any(|p| p.disconnect_at.is_none())
+        );
         assert!(a.iter().filter_map(|p| p.disconnect_at).all(|k| k < 10));
     }
 }

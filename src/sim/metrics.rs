@@ -82,7 +82,6 @@ pub enum Hist {
     Tpot,
 }
 
-
 /// Injected faults, counted in `throtl_sim_faults_injected_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
@@ -151,7 +150,12 @@ pub struct PromHistogram {
 
 impl PromHistogram {
     fn new(bounds: &[f64]) -> Self {
-        Self { bounds: bounds.to_vec(), counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+        Self {
+            bounds: bounds.to_vec(),
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     /// Records one observation in seconds.
@@ -173,9 +177,16 @@ impl PromHistogram {
         let mut cumulative = 0;
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b:?}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b:?}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
         let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
     }
@@ -244,7 +255,16 @@ impl SimMetrics {
     /// Metrics named after `flavor`; `engine_driven` when a batching engine
     /// model publishes its state; `gpu` adds DCGM-style GPU metrics.
     pub fn new(flavor: EngineFlavor, engine_driven: bool, gpu: Option<GpuInfo>) -> Self {
-        let hs = [Hist::Ttft, Hist::Itl, Hist::E2e, Hist::Queue, Hist::Prefill, Hist::Decode, Hist::Inference, Hist::Tpot];
+        let hs = [
+            Hist::Ttft,
+            Hist::Itl,
+            Hist::E2e,
+            Hist::Queue,
+            Hist::Prefill,
+            Hist::Decode,
+            Hist::Inference,
+            Hist::Tpot,
+        ];
         Self {
             flavor,
             engine_driven,
@@ -253,7 +273,11 @@ impl SimMetrics {
             prompt_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
             success: AtomicU64::new(0),
-            hists: Mutex::new(hs.iter().map(|&h| PromHistogram::new(&bounds(flavor, h))).collect()),
+            hists: Mutex::new(
+                hs.iter()
+                    .map(|&h| PromHistogram::new(&bounds(flavor, h)))
+                    .collect(),
+            ),
             engine: Mutex::new(EngineSnapshot::default()),
             faults: Default::default(),
             gpu,
@@ -263,7 +287,10 @@ impl SimMetrics {
 
     /// Whether the imitated engine serves `/metrics` at all.
     pub fn served(&self) -> bool {
-        matches!(self.flavor, EngineFlavor::Vllm | EngineFlavor::Tgi | EngineFlavor::Llamacpp | EngineFlavor::Sglang)
+        matches!(
+            self.flavor,
+            EngineFlavor::Vllm | EngineFlavor::Tgi | EngineFlavor::Llamacpp | EngineFlavor::Sglang
+        )
     }
 
     /// A request entered the running batch (front-end; fixed-delay mode).
@@ -272,7 +299,8 @@ impl SimMetrics {
             return;
         }
         self.running.fetch_add(1, Ordering::Relaxed);
-        self.prompt_tokens.fetch_add(u64::from(prompt_tokens), Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(u64::from(prompt_tokens), Ordering::Relaxed);
     }
 
     /// One token was emitted (front-end; fixed-delay mode).
@@ -343,7 +371,11 @@ impl SimMetrics {
             View {
                 running: i64::from(snap.running),
                 waiting: i64::from(snap.waiting),
-                kv_usage: if snap.kv_total_blocks == 0 { 0.0 } else { f64::from(snap.kv_used_blocks) / f64::from(snap.kv_total_blocks) },
+                kv_usage: if snap.kv_total_blocks == 0 {
+                    0.0
+                } else {
+                    f64::from(snap.kv_used_blocks) / f64::from(snap.kv_total_blocks)
+                },
                 kv_used_tokens: u64::from(snap.kv_used_blocks) * u64::from(snap.block_size),
                 prompt: c.prompt_tokens,
                 generation: c.generation_tokens,
@@ -387,7 +419,12 @@ impl SimMetrics {
         let name = "throtl_sim_faults_injected_total";
         let _ = writeln!(out, "# HELP {name} Faults injected by the simulator (--fail-rate, --rate-limit, ...).\n# TYPE {name} counter");
         for k in FAULT_KINDS {
-            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", k.key(), self.fault_count(k));
+            let _ = writeln!(
+                out,
+                "{name}{{kind=\"{}\"}} {}",
+                k.key(),
+                self.fault_count(k)
+            );
         }
     }
 
@@ -398,17 +435,34 @@ impl SimMetrics {
             let wall = now.duration_since(u.0).as_secs_f64();
             let busy = v.snap.counters.busy_s - u.1;
             *u = (now, v.snap.counters.busy_s);
-            if wall > 0.0 { (busy / wall * 100.0).clamp(0.0, 100.0) } else { 0.0 }
+            if wall > 0.0 {
+                (busy / wall * 100.0).clamp(0.0, 100.0)
+            } else {
+                0.0
+            }
         };
         let gpus = f64::from(g.gpus.max(1));
         // vLLM allocates the whole KV pool at start-up, so framebuffer use is
         // weights + pool, whatever the pool's occupancy.
-        let used = ((g.weight_bytes + g.kv_block_bytes * f64::from(v.snap.kv_total_blocks)) / gpus).min(g.memory_bytes);
+        let used = ((g.weight_bytes + g.kv_block_bytes * f64::from(v.snap.kv_total_blocks)) / gpus)
+            .min(g.memory_bytes);
         let mib = |b: f64| (b / 1_048_576.0).round();
         for (name, help, val) in [
-            ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", util.round()),
-            ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", mib(used)),
-            ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", mib(g.memory_bytes - used)),
+            (
+                "DCGM_FI_DEV_GPU_UTIL",
+                "GPU utilization (in %).",
+                util.round(),
+            ),
+            (
+                "DCGM_FI_DEV_FB_USED",
+                "Framebuffer memory used (in MiB).",
+                mib(used),
+            ),
+            (
+                "DCGM_FI_DEV_FB_FREE",
+                "Framebuffer memory free (in MiB).",
+                mib(g.memory_bytes - used),
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for gpu in 0..g.gpus.max(1) {
@@ -421,28 +475,119 @@ impl SimMetrics {
 fn render_vllm(out: &mut String, v: &View, h: &[PromHistogram], model: &str) {
     let l = format!("engine=\"0\",model_name=\"{model}\"");
     let c = v.snap.counters;
-    gauge(out, "vllm:num_requests_running", "Number of requests in model execution batches.", &l, v.running);
-    gauge(out, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", &l, v.waiting);
-    gauge_f(out, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", &l, v.kv_usage);
-    counter(out, "vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.", &l, c.prefix_queries);
-    counter(out, "vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.", &l, c.prefix_hits);
-    counter(out, "vllm:num_preemptions_total", "Cumulative number of preemption from the engine.", &l, c.preemptions);
-    counter(out, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", &l, v.prompt);
-    counter(out, "vllm:generation_tokens_total", "Number of generation tokens processed.", &l, v.generation);
+    gauge(
+        out,
+        "vllm:num_requests_running",
+        "Number of requests in model execution batches.",
+        &l,
+        v.running,
+    );
+    gauge(
+        out,
+        "vllm:num_requests_waiting",
+        "Number of requests waiting to be processed.",
+        &l,
+        v.waiting,
+    );
+    gauge_f(
+        out,
+        "vllm:kv_cache_usage_perc",
+        "KV-cache usage. 1 means 100 percent usage.",
+        &l,
+        v.kv_usage,
+    );
+    counter(
+        out,
+        "vllm:prefix_cache_queries_total",
+        "Prefix cache queries, in terms of number of queried tokens.",
+        &l,
+        c.prefix_queries,
+    );
+    counter(
+        out,
+        "vllm:prefix_cache_hits_total",
+        "Prefix cache hits, in terms of number of cached tokens.",
+        &l,
+        c.prefix_hits,
+    );
+    counter(
+        out,
+        "vllm:num_preemptions_total",
+        "Cumulative number of preemption from the engine.",
+        &l,
+        c.preemptions,
+    );
+    counter(
+        out,
+        "vllm:prompt_tokens_total",
+        "Number of prefill tokens processed.",
+        &l,
+        v.prompt,
+    );
+    counter(
+        out,
+        "vllm:generation_tokens_total",
+        "Number of generation tokens processed.",
+        &l,
+        v.generation,
+    );
     let name = "vllm:request_success_total";
-    let _ = writeln!(out, "# HELP {name} Count of successfully processed requests.\n# TYPE {name} counter");
-    for (reason, n) in [("stop", 0), ("length", v.success), ("abort", c.aborted), ("error", 0)] {
-        let _ = writeln!(out, "{name}{{engine=\"0\",finished_reason=\"{reason}\",model_name=\"{model}\"}} {n}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Count of successfully processed requests.\n# TYPE {name} counter"
+    );
+    for (reason, n) in [
+        ("stop", 0),
+        ("length", v.success),
+        ("abort", c.aborted),
+        ("error", 0),
+    ] {
+        let _ = writeln!(
+            out,
+            "{name}{{engine=\"0\",finished_reason=\"{reason}\",model_name=\"{model}\"}} {n}"
+        );
     }
     for (hist, name, help) in [
-        (Hist::Ttft, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds."),
-        (Hist::Itl, "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds."),
-        (Hist::Tpot, "vllm:request_time_per_output_token_seconds", "Histogram of time_per_output_token_seconds per request."),
-        (Hist::E2e, "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds."),
-        (Hist::Queue, "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request."),
-        (Hist::Inference, "vllm:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request."),
-        (Hist::Prefill, "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request."),
-        (Hist::Decode, "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request."),
+        (
+            Hist::Ttft,
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+        ),
+        (
+            Hist::Itl,
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+        ),
+        (
+            Hist::Tpot,
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+        ),
+        (
+            Hist::E2e,
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+        ),
+        (
+            Hist::Queue,
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+        ),
+        (
+            Hist::Inference,
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+        ),
+        (
+            Hist::Prefill,
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+        ),
+        (
+            Hist::Decode,
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         h[hist as usize].render(out, name, &l);
@@ -452,36 +597,134 @@ fn render_vllm(out: &mut String, v: &View, h: &[PromHistogram], model: &str) {
 fn render_sglang(out: &mut String, v: &View, h: &[PromHistogram], model: &str) {
     let l = format!("model_name=\"{model}\"");
     let c = v.snap.counters;
-    counter(out, "sglang:prompt_tokens_total", "Number of prefill tokens processed.", &l, v.prompt);
-    counter(out, "sglang:generation_tokens_total", "Number of generation tokens processed.", &l, v.generation);
-    counter(out, "sglang:cached_tokens_total", "Number of cached prompt tokens.", &l, c.prefix_hits);
-    counter(out, "sglang:num_requests_total", "Number of requests processed.", &l, v.success);
-    counter(out, "sglang:num_aborted_requests_total", "Number of requests aborted.", &l, c.aborted);
+    counter(
+        out,
+        "sglang:prompt_tokens_total",
+        "Number of prefill tokens processed.",
+        &l,
+        v.prompt,
+    );
+    counter(
+        out,
+        "sglang:generation_tokens_total",
+        "Number of generation tokens processed.",
+        &l,
+        v.generation,
+    );
+    counter(
+        out,
+        "sglang:cached_tokens_total",
+        "Number of cached prompt tokens.",
+        &l,
+        c.prefix_hits,
+    );
+    counter(
+        out,
+        "sglang:num_requests_total",
+        "Number of requests processed.",
+        &l,
+        v.success,
+    );
+    counter(
+        out,
+        "sglang:num_aborted_requests_total",
+        "Number of requests aborted.",
+        &l,
+        c.aborted,
+    );
     for (hist, name, help) in [
-        (Hist::Ttft, "sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds."),
-        (Hist::Itl, "sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds."),
-        (Hist::E2e, "sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds"),
-        (Hist::Queue, "sglang:queue_time_seconds", "Histogram of queueing time in seconds."),
+        (
+            Hist::Ttft,
+            "sglang:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+        ),
+        (
+            Hist::Itl,
+            "sglang:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+        ),
+        (
+            Hist::E2e,
+            "sglang:e2e_request_latency_seconds",
+            "Histogram of End-to-end request latency in seconds",
+        ),
+        (
+            Hist::Queue,
+            "sglang:queue_time_seconds",
+            "Histogram of queueing time in seconds.",
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         h[hist as usize].render(out, name, &l);
     }
-    gauge(out, "sglang:num_running_reqs", "The number of running requests.", &l, v.running);
-    gauge(out, "sglang:num_used_tokens", "The number of used tokens.", &l, v.kv_used_tokens as i64);
-    gauge_f(out, "sglang:token_usage", "The token usage.", &l, v.kv_usage);
-    gauge(out, "sglang:num_queue_reqs", "The number of requests in the waiting queue.", &l, v.waiting);
-    let hit_rate = if c.prefix_queries == 0 { 0.0 } else { c.prefix_hits as f64 / c.prefix_queries as f64 };
-    gauge_f(out, "sglang:cache_hit_rate", "The prefix cache hit rate.", &l, hit_rate);
-    gauge(out, "sglang:num_retracted_reqs", "The number of retracted requests.", &l, c.preemptions as i64);
+    gauge(
+        out,
+        "sglang:num_running_reqs",
+        "The number of running requests.",
+        &l,
+        v.running,
+    );
+    gauge(
+        out,
+        "sglang:num_used_tokens",
+        "The number of used tokens.",
+        &l,
+        v.kv_used_tokens as i64,
+    );
+    gauge_f(
+        out,
+        "sglang:token_usage",
+        "The token usage.",
+        &l,
+        v.kv_usage,
+    );
+    gauge(
+        out,
+        "sglang:num_queue_reqs",
+        "The number of requests in the waiting queue.",
+        &l,
+        v.waiting,
+    );
+    let hit_rate = if c.prefix_queries == 0 {
+        0.0
+    } else {
+        c.prefix_hits as f64 / c.prefix_queries as f64
+    };
+    gauge_f(
+        out,
+        "sglang:cache_hit_rate",
+        "The prefix cache hit rate.",
+        &l,
+        hit_rate,
+    );
+    gauge(
+        out,
+        "sglang:num_retracted_reqs",
+        "The number of retracted requests.",
+        &l,
+        c.preemptions as i64,
+    );
 }
 
 fn render_tgi(out: &mut String, v: &View, h: &[PromHistogram]) {
     let c = v.snap.counters;
     let _ = writeln!(out, "# TYPE tgi_batch_inference_count counter");
-    let _ = writeln!(out, "tgi_batch_inference_count{{method=\"decode\"}} {}", c.steps - c.prefill_steps);
-    let _ = writeln!(out, "tgi_batch_inference_count{{method=\"prefill\"}} {}\n", c.prefill_steps);
+    let _ = writeln!(
+        out,
+        "tgi_batch_inference_count{{method=\"decode\"}} {}",
+        c.steps - c.prefill_steps
+    );
+    let _ = writeln!(
+        out,
+        "tgi_batch_inference_count{{method=\"prefill\"}} {}\n",
+        c.prefill_steps
+    );
     for (name, kind, val) in [
-        ("tgi_request_count", "counter", (v.success + c.aborted) as i64),
+        (
+            "tgi_request_count",
+            "counter",
+            (v.success + c.aborted) as i64,
+        ),
         ("tgi_request_success", "counter", v.success as i64),
         ("tgi_batch_current_size", "gauge", v.running),
         ("tgi_queue_size", "gauge", v.waiting),
@@ -505,21 +748,94 @@ fn render_llamacpp(out: &mut String, v: &View, h: &[PromHistogram]) {
     let prompt_s = h[Hist::Prefill as usize].sum();
     let decode_s = h[Hist::Decode as usize].sum();
     let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
-    let busy = if c.steps == 0 { 0.0 } else { c.batch_seqs as f64 / c.steps as f64 };
-    let plain = |out: &mut String, name: &str, kind: &str, help: &str, val: String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {val}");
+    let busy = if c.steps == 0 {
+        0.0
+    } else {
+        c.batch_seqs as f64 / c.steps as f64
     };
-    plain(out, "llamacpp:prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens", (v.prompt.saturating_sub(c.prefix_hits)).to_string());
-    plain(out, "llamacpp:prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache", c.prefix_hits.to_string());
-    plain(out, "llamacpp:prompt_seconds_total", "counter", "Total time spent processing prompts", format!("{prompt_s}"));
-    plain(out, "llamacpp:tokens_predicted_total", "counter", "Number of generation tokens processed", v.generation.to_string());
-    plain(out, "llamacpp:tokens_predicted_seconds_total", "counter", "Total time spent generating tokens", format!("{decode_s}"));
-    plain(out, "llamacpp:n_decode_total", "counter", "Total number of llama_decode() calls", c.steps.to_string());
-    plain(out, "llamacpp:prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s", format!("{}", rate(v.prompt, prompt_s)));
-    plain(out, "llamacpp:predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s", format!("{}", rate(v.generation, decode_s)));
-    plain(out, "llamacpp:requests_processing", "gauge", "Number of requests processing", v.running.to_string());
-    plain(out, "llamacpp:requests_deferred", "gauge", "Number of requests deferred", v.waiting.to_string());
-    plain(out, "llamacpp:n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call", format!("{busy}"));
+    let plain = |out: &mut String, name: &str, kind: &str, help: &str, val: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {val}"
+        );
+    };
+    plain(
+        out,
+        "llamacpp:prompt_tokens_total",
+        "counter",
+        "Number of prompt tokens processed, excluding cached tokens",
+        (v.prompt.saturating_sub(c.prefix_hits)).to_string(),
+    );
+    plain(
+        out,
+        "llamacpp:prompt_tokens_cached_total",
+        "counter",
+        "Number of prompt tokens reused from the cache",
+        c.prefix_hits.to_string(),
+    );
+    plain(
+        out,
+        "llamacpp:prompt_seconds_total",
+        "counter",
+        "Total time spent processing prompts",
+        format!("{prompt_s}"),
+    );
+    plain(
+        out,
+        "llamacpp:tokens_predicted_total",
+        "counter",
+        "Number of generation tokens processed",
+        v.generation.to_string(),
+    );
+    plain(
+        out,
+        "llamacpp:tokens_predicted_seconds_total",
+        "counter",
+        "Total time spent generating tokens",
+        format!("{decode_s}"),
+    );
+    plain(
+        out,
+        "llamacpp:n_decode_total",
+        "counter",
+        "Total number of llama_decode() calls",
+        c.steps.to_string(),
+    );
+    plain(
+        out,
+        "llamacpp:prompt_tokens_seconds",
+        "gauge",
+        "Average prompt throughput in tokens/s",
+        format!("{}", rate(v.prompt, prompt_s)),
+    );
+    plain(
+        out,
+        "llamacpp:predicted_tokens_seconds",
+        "gauge",
+        "Average generation throughput in tokens/s",
+        format!("{}", rate(v.generation, decode_s)),
+    );
+    plain(
+        out,
+        "llamacpp:requests_processing",
+        "gauge",
+        "Number of requests processing",
+        v.running.to_string(),
+    );
+    plain(
+        out,
+        "llamacpp:requests_deferred",
+        "gauge",
+        "Number of requests deferred",
+        v.waiting.to_string(),
+    );
+    plain(
+        out,
+        "llamacpp:n_busy_slots_per_decode",
+        "gauge",
+        "Average number of busy slots per llama_decode() call",
+        format!("{busy}"),
+    );
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -527,19 +843,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, labels: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}"
+    );
 }
 
 fn gauge_f(out: &mut String, name: &str, help: &str, labels: &str, v: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}"
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, labels: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}"
+    );
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -557,9 +884,15 @@ mod tests {
         let text = m.render("m");
         let l = "engine=\"0\",model_name=\"m\"";
         assert!(text.contains(&format!("vllm:prompt_tokens_total{{{l}}} 10")));
-        assert!(text.contains(&format!("vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.1\"}} 1")));
-        assert!(text.contains(&format!("vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.5\"}} 2")));
-        assert!(text.contains(&format!("vllm:time_to_first_token_seconds_bucket{{{l},le=\"+Inf\"}} 2")));
+        assert!(text.contains(&format!(
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.1\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.5\"}} 2"
+        )));
+        assert!(text.contains(&format!(
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"+Inf\"}} 2"
+        )));
         assert!(text.contains(&format!("vllm:e2e_request_latency_seconds_count{{{l}}} 1")));
         assert!(text.contains(&format!("vllm:num_requests_running{{{l}}} 0")));
     }
@@ -573,7 +906,18 @@ mod tests {
             kv_used_blocks: 25,
             kv_total_blocks: 100,
             block_size: 16,
-            counters: Counters { prompt_tokens: 500, generation_tokens: 70, preemptions: 4, prefix_queries: 500, prefix_hits: 128, finished: 5, steps: 40, prefill_steps: 6, batch_seqs: 100, ..Counters::default() },
+            counters: Counters {
+                prompt_tokens: 500,
+                generation_tokens: 70,
+                preemptions: 4,
+                prefix_queries: 500,
+                prefix_hits: 128,
+                finished: 5,
+                steps: 40,
+                prefill_steps: 6,
+                batch_seqs: 100,
+                ..Counters::default()
+            },
         });
         m.observe(Sample::Ttft(0.05));
         m.observe(Sample::Itl(0.02));
@@ -584,26 +928,62 @@ mod tests {
     #[test]
     fn each_flavor_uses_its_engines_names() {
         let v = engine_metrics(EngineFlavor::Vllm).render("m");
-        for needle in ["vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3", "vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25", "vllm:num_preemptions_total{engine=\"0\",model_name=\"m\"} 4", "vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\"} 500", "vllm:inter_token_latency_seconds_count{engine=\"0\",model_name=\"m\"} 1", "throtl_sim_faults_injected_total{kind=\"failed\"} 1"] {
+        for needle in [
+            "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3",
+            "vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25",
+            "vllm:num_preemptions_total{engine=\"0\",model_name=\"m\"} 4",
+            "vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\"} 500",
+            "vllm:inter_token_latency_seconds_count{engine=\"0\",model_name=\"m\"} 1",
+            "throtl_sim_faults_injected_total{kind=\"failed\"} 1",
+        ] {
             assert!(v.contains(needle), "{needle} missing in\n{v}");
         }
         let s = engine_metrics(EngineFlavor::Sglang).render("m");
-        assert!(s.contains("sglang:num_queue_reqs{model_name=\"m\"} 2") && s.contains("sglang:cached_tokens_total{model_name=\"m\"} 128") && s.contains("sglang:token_usage{model_name=\"m\"} 0.25"), "{s}");
+        assert!(
+            s.contains("sglang:num_queue_reqs{model_name=\"m\"} 2")
+                && s.contains("sglang:cached_tokens_total{model_name=\"m\"} 128")
+                && s.contains("sglang:token_usage{model_name=\"m\"} 0.25"),
+            "{s}"
+        );
         let t = engine_metrics(EngineFlavor::Tgi).render("m");
-        assert!(t.contains("tgi_queue_size 2\n") && t.contains("tgi_batch_inference_count{method=\"prefill\"} 6") && !t.contains("# HELP tgi"), "{t}");
-        assert!(t.contains("tgi_request_duration_bucket{le=\"0.00015000000000000001\"} 0"), "{t}");
+        assert!(
+            t.contains("tgi_queue_size 2\n")
+                && t.contains("tgi_batch_inference_count{method=\"prefill\"} 6")
+                && !t.contains("# HELP tgi"),
+            "{t}"
+        );
+        assert!(
+            t.contains("tgi_request_duration_bucket{le=\"0.00015000000000000001\"} 0"),
+            "{t}"
+        );
         let l = engine_metrics(EngineFlavor::Llamacpp).render("m");
-        assert!(l.contains("llamacpp:requests_deferred 2") && l.contains("llamacpp:prompt_tokens_cached_total 128") && l.contains("llamacpp:n_busy_slots_per_decode 2.5"), "{l}");
+        assert!(
+            l.contains("llamacpp:requests_deferred 2")
+                && l.contains("llamacpp:prompt_tokens_cached_total 128")
+                && l.contains("llamacpp:n_busy_slots_per_decode 2.5"),
+            "{l}"
+        );
         assert!(!SimMetrics::new(EngineFlavor::Ollama, true, None).served());
     }
 
     #[test]
     fn dcgm_reports_weights_plus_kv_pool() {
-        let gpu = GpuInfo { gpus: 2, memory_bytes: 80.0 * 1_073_741_824.0, weight_bytes: 40.0 * 1_073_741_824.0, kv_block_bytes: 1_048_576.0 };
+        let gpu = GpuInfo {
+            gpus: 2,
+            memory_bytes: 80.0 * 1_073_741_824.0,
+            weight_bytes: 40.0 * 1_073_741_824.0,
+            kv_block_bytes: 1_048_576.0,
+        };
         let m = SimMetrics::new(EngineFlavor::Vllm, true, Some(gpu));
-        m.set_engine(EngineSnapshot { kv_total_blocks: 2048, ..EngineSnapshot::default() });
+        m.set_engine(EngineSnapshot {
+            kv_total_blocks: 2048,
+            ..EngineSnapshot::default()
+        });
         let t = m.render("m");
         // (40 GiB + 2 GiB) / 2 GPUs = 21 GiB = 21504 MiB on each of gpu 0 and 1.
-        assert!(t.contains("DCGM_FI_DEV_FB_USED{gpu=\"1\",modelName=\"m\"} 21504"), "{t}");
+        assert!(
+            t.contains("DCGM_FI_DEV_FB_USED{gpu=\"1\",modelName=\"m\"} 21504"),
+            "{t}"
+        );
     }
 }

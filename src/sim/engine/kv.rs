@@ -75,12 +75,19 @@ impl KvCache {
         if !self.prefix_caching {
             return Vec::new();
         }
-        hashes.iter().take(limit).map_while(|h| self.cached.get(h).copied()).collect()
+        hashes
+            .iter()
+            .take(limit)
+            .map_while(|h| self.cached.get(h).copied())
+            .collect()
     }
 
     /// Free blocks that referencing `blocks` would take out of the free pool.
     pub fn unreferenced(&self, blocks: &[BlockId]) -> u32 {
-        blocks.iter().filter(|&&b| self.ref_cnt[b as usize] == 0).count() as u32
+        blocks
+            .iter()
+            .filter(|&&b| self.ref_cnt[b as usize] == 0)
+            .count() as u32
     }
 
     /// Takes a reference on each of `blocks` (prefix-cache hits).
@@ -148,16 +155,24 @@ impl KvCache {
     pub fn check(&self) -> Result<(), String> {
         let referenced = self.ref_cnt.iter().filter(|&&r| r > 0).count();
         if referenced + self.free.len() != self.ref_cnt.len() {
-            return Err(format!("{referenced} referenced + {} free != {} blocks", self.free.len(), self.ref_cnt.len()));
+            return Err(format!(
+                "{referenced} referenced + {} free != {} blocks",
+                self.free.len(),
+                self.ref_cnt.len()
+            ));
         }
         for &(s, b) in &self.free {
             if self.ref_cnt[b as usize] != 0 || self.stamp[b as usize] != s {
-                return Err(format!("block {b} is in the free queue but referenced or mis-stamped"));
+                return Err(format!(
+                    "block {b} is in the free queue but referenced or mis-stamped"
+                ));
             }
         }
         for (h, &b) in &self.cached {
             if self.hash[b as usize] != Some(*h) {
-                return Err(format!("cache map points {h:x} at block {b}, which holds another hash"));
+                return Err(format!(
+                    "cache map points {h:x} at block {b}, which holds another hash"
+                ));
             }
         }
         Ok(())

@@ -48,14 +48,24 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// vLLM's defaults on `profile`.
     pub fn new(profile: Profile) -> Self {
-        Self { profile, max_num_seqs: 256, max_num_batched_tokens: None, kv_blocks: None, block_size: 16, prefix_caching: false, chunked_prefill: true }
+        Self {
+            profile,
+            max_num_seqs: 256,
+            max_num_batched_tokens: None,
+            kv_blocks: None,
+            block_size: 16,
+            prefix_caching: false,
+            chunked_prefill: true,
+        }
     }
 
     /// The scheduler knobs with defaults filled in.
     pub fn sched(&self) -> SchedConfig {
         SchedConfig {
             max_num_seqs: self.max_num_seqs,
-            max_num_batched_tokens: self.max_num_batched_tokens.unwrap_or(self.profile.max_num_batched_tokens),
+            max_num_batched_tokens: self
+                .max_num_batched_tokens
+                .unwrap_or(self.profile.max_num_batched_tokens),
             kv_blocks: self.kv_blocks.unwrap_or(self.profile.kv_blocks),
             block_size: self.block_size,
             prefix_caching: self.prefix_caching,
@@ -65,9 +75,16 @@ impl EngineConfig {
 
     /// Checks the knobs; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
-        self.profile.validate().map_err(|e| format!("profile '{}': {e}", self.profile.name))?;
+        self.profile
+            .validate()
+            .map_err(|e| format!("profile '{}': {e}", self.profile.name))?;
         let s = self.sched();
-        for (flag, v) in [("--max-num-seqs", s.max_num_seqs), ("--max-num-batched-tokens", s.max_num_batched_tokens), ("--kv-blocks", s.kv_blocks), ("--block-size", s.block_size)] {
+        for (flag, v) in [
+            ("--max-num-seqs", s.max_num_seqs),
+            ("--max-num-batched-tokens", s.max_num_batched_tokens),
+            ("--kv-blocks", s.kv_blocks),
+            ("--block-size", s.block_size),
+        ] {
             if v == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
@@ -104,7 +121,12 @@ pub struct BatchEngine {
 
 impl BatchEngine {
     /// Starts the scheduler loop on `rt`.
-    pub fn start(cfg: &EngineConfig, rt: &tokio::runtime::Runtime, timer: PreciseTimer, metrics: Arc<SimMetrics>) -> Self {
+    pub fn start(
+        cfg: &EngineConfig,
+        rt: &tokio::runtime::Runtime,
+        timer: PreciseTimer,
+        metrics: Arc<SimMetrics>,
+    ) -> Self {
         let sched = cfg.sched();
         let core = SchedulerCore::new(sched.clone(), cfg.profile.clone());
         let (submit, rx) = mpsc::unbounded_channel();
@@ -112,9 +134,25 @@ impl BatchEngine {
         let pending = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(AtomicUsize::new(0));
         metrics.set_engine(core.snapshot());
-        let lp = EngineLoop { core, rx, senders: HashMap::new(), timer, metrics, epoch, pending: Arc::clone(&pending), waiting: Arc::clone(&waiting) };
+        let lp = EngineLoop {
+            core,
+            rx,
+            senders: HashMap::new(),
+            timer,
+            metrics,
+            epoch,
+            pending: Arc::clone(&pending),
+            waiting: Arc::clone(&waiting),
+        };
         rt.spawn(lp.run());
-        Self { submit, sched, next_id: AtomicU64::new(0), pending, waiting, epoch }
+        Self {
+            submit,
+            sched,
+            next_id: AtomicU64::new(0),
+            pending,
+            waiting,
+            epoch,
+        }
     }
 }
 
@@ -130,19 +168,34 @@ impl EngineModel for BatchEngine {
         }
         self.sched
             .admissible(a.prompt_tokens.max(1), a.max_tokens)
-            .map_err(|message| Rejection { status: 400, message, retry_after_s: None })?;
-        let block_hashes = if self.sched.prefix_caching { kv::block_hashes(prompt, self.sched.block_size) } else { Vec::new() };
+            .map_err(|message| Rejection {
+                status: 400,
+                message,
+                retry_after_s: None,
+            })?;
+        let block_hashes = if self.sched.prefix_caching {
+            kv::block_hashes(prompt, self.sched.block_size)
+        } else {
+            Vec::new()
+        };
         let req = NewRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             prompt_tokens: a.prompt_tokens,
             max_tokens: a.max_tokens,
             block_hashes,
-            arrival: a.arrival.saturating_duration_since(self.epoch).as_secs_f64(),
+            arrival: a
+                .arrival
+                .saturating_duration_since(self.epoch)
+                .as_secs_f64(),
         };
         self.pending.fetch_add(1, Ordering::Relaxed);
         self.submit.send(Submission { req, tx }).map_err(|_| {
             self.pending.fetch_sub(1, Ordering::Relaxed);
-            Rejection { status: 503, message: "engine stopped".into(), retry_after_s: None }
+            Rejection {
+                status: 503,
+                message: "engine stopped".into(),
+                retry_after_s: None,
+            }
         })?;
         Ok(Generation::Channel(rx))
     }
@@ -181,12 +234,19 @@ impl EngineLoop {
                 continue;
             }
             let now = Instant::now();
-            let start = if now.saturating_duration_since(clock) < CONTIGUOUS { clock } else { now };
+            let start = if now.saturating_duration_since(clock) < CONTIGUOUS {
+                clock
+            } else {
+                now
+            };
             let t = start.saturating_duration_since(self.epoch).as_secs_f64();
             let step = self.core.step(t);
             if step.scheduled_tokens == 0 {
                 self.publish();
-                let wake = self.core.next_arrival_after(t).map(|a| self.epoch + Duration::from_secs_f64(a));
+                let wake = self
+                    .core
+                    .next_arrival_after(t)
+                    .map(|a| self.epoch + Duration::from_secs_f64(a));
                 if !self.wait_for_work(wake).await {
                     return;
                 }
@@ -246,7 +306,9 @@ impl EngineLoop {
 
     fn deliver(&mut self, step: &Step) {
         for t in &step.tokens {
-            let Some(tx) = self.senders.get(&t.id) else { continue };
+            let Some(tx) = self.senders.get(&t.id) else {
+                continue;
+            };
             if tx.try_send(GenEvent::Token).is_err() {
                 self.core.abort(t.id);
                 self.senders.remove(&t.id);

@@ -80,8 +80,28 @@ impl Profile {
     /// A built-in profile by name.
     pub fn builtin(name: &str) -> Result<Self, ProfileError> {
         match name {
-            "llama3-8b-rtx4090" => Ok(llama3_8b("llama3-8b-rtx4090", 1008.0, 165.2, 24.0, 0.85, 0.80, 1500.0, 1900, 2048)),
-            "llama3-8b-h100" => Ok(llama3_8b("llama3-8b-h100", 3350.0, 989.0, 80.0, 0.80, 0.50, 1500.0, 25_000, 8192)),
+            "llama3-8b-rtx4090" => Ok(llama3_8b(
+                "llama3-8b-rtx4090",
+                1008.0,
+                165.2,
+                24.0,
+                0.85,
+                0.80,
+                1500.0,
+                1900,
+                2048,
+            )),
+            "llama3-8b-h100" => Ok(llama3_8b(
+                "llama3-8b-h100",
+                3350.0,
+                989.0,
+                80.0,
+                0.80,
+                0.50,
+                1500.0,
+                25_000,
+                8192,
+            )),
             "llama3-70b-4xh100" => Ok(llama3_70b_4xh100()),
             other => Err(ProfileError::Unknown(other.to_owned())),
         }
@@ -90,9 +110,18 @@ impl Profile {
     /// Loads a profile from a JSON file (fields as in [`Profile`]).
     pub fn from_file(path: &Path) -> Result<Self, ProfileError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read { path: shown.clone(), source })?;
-        let p: Profile = serde_json::from_str(&text).map_err(|e| ProfileError::Parse { path: shown.clone(), reason: e.to_string() })?;
-        p.validate().map_err(|reason| ProfileError::Parse { path: shown, reason })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let p: Profile = serde_json::from_str(&text).map_err(|e| ProfileError::Parse {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        p.validate().map_err(|reason| ProfileError::Parse {
+            path: shown,
+            reason,
+        })?;
         Ok(p)
     }
 
@@ -111,15 +140,29 @@ impl Profile {
                 return Err(format!("'{name}' must be a positive number, got {v}"));
             }
         }
-        for (name, v) in [("bandwidth_efficiency", self.bandwidth_efficiency), ("compute_efficiency", self.compute_efficiency)] {
+        for (name, v) in [
+            ("bandwidth_efficiency", self.bandwidth_efficiency),
+            ("compute_efficiency", self.compute_efficiency),
+        ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(format!("'{name}' must be in (0, 1], got {v}"));
             }
         }
         if !(self.step_overhead_us.is_finite() && self.step_overhead_us >= 0.0) {
-            return Err(format!("'step_overhead_us' must be >= 0, got {}", self.step_overhead_us));
+            return Err(format!(
+                "'step_overhead_us' must be >= 0, got {}",
+                self.step_overhead_us
+            ));
         }
-        let ints = [("layers", self.layers), ("hidden_size", self.hidden_size), ("kv_heads", self.kv_heads), ("head_dim", self.head_dim), ("gpus", self.gpus), ("kv_blocks", self.kv_blocks), ("max_num_batched_tokens", self.max_num_batched_tokens)];
+        let ints = [
+            ("layers", self.layers),
+            ("hidden_size", self.hidden_size),
+            ("kv_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("gpus", self.gpus),
+            ("kv_blocks", self.kv_blocks),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+        ];
         for (name, v) in ints {
             if v == 0 {
                 return Err(format!("'{name}' must be at least 1"));
@@ -135,7 +178,10 @@ impl Profile {
 
     /// KV-cache bytes of one token (K and V, all layers).
     pub fn kv_bytes_per_token(&self) -> f64 {
-        2.0 * f64::from(self.layers) * f64::from(self.kv_heads) * f64::from(self.head_dim) * self.kv_bytes_per_elem
+        2.0 * f64::from(self.layers)
+            * f64::from(self.kv_heads)
+            * f64::from(self.head_dim)
+            * self.kv_bytes_per_elem
     }
 
     /// Effective bytes/s of the whole (sharded) model.
@@ -150,7 +196,17 @@ impl Profile {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn llama3_8b(name: &str, bw: f64, tflops: f64, mem: f64, bw_eff: f64, fl_eff: f64, overhead: f64, blocks: u32, mnbt: u32) -> Profile {
+fn llama3_8b(
+    name: &str,
+    bw: f64,
+    tflops: f64,
+    mem: f64,
+    bw_eff: f64,
+    fl_eff: f64,
+    overhead: f64,
+    blocks: u32,
+    mnbt: u32,
+) -> Profile {
     Profile {
         name: name.into(),
         params: 8.03e9,
@@ -205,8 +261,13 @@ mod tests {
             p.validate().unwrap();
             assert_eq!(&p.name, n);
         }
-        let e = Profile::builtin("gpt5-on-a-toaster").unwrap_err().to_string();
-        assert!(e.contains("llama3-8b-h100") && e.contains("--profile-file"), "{e}");
+        let e = Profile::builtin("gpt5-on-a-toaster")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("llama3-8b-h100") && e.contains("--profile-file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -26,8 +26,7 @@ pub struct SchedConfig {
     pub chunked_prefill: bool,
 }
 
-impl SchedConfig
-{
+impl SchedConfig {
     /// Whether a request of this size can ever complete; the error says why not.
     pub fn admissible(&self, prompt_tokens: u32, max_tokens: u32) -> Result<(), String> {
         let total = u64::from(prompt_tokens) + u64::from(max_tokens);
@@ -45,7 +44,6 @@ impl SchedConfig
         }
         Ok(())
     }
-
 }
 
 /// A request entering the engine.
@@ -192,7 +190,14 @@ impl SchedulerCore {
     /// An idle engine.
     pub fn new(cfg: SchedConfig, profile: Profile) -> Self {
         let kv = KvCache::new(cfg.kv_blocks, cfg.block_size, cfg.prefix_caching);
-        Self { cfg, profile, kv, waiting: VecDeque::new(), running: Vec::new(), counters: Counters::default() }
+        Self {
+            cfg,
+            profile,
+            kv,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            counters: Counters::default(),
+        }
     }
 
     /// Whether a request of this size can ever complete; the error says why not.
@@ -206,7 +211,16 @@ impl SchedulerCore {
         req.prompt_tokens = req.prompt_tokens.max(1);
         req.max_tokens = req.max_tokens.max(1);
         let arrival = req.arrival;
-        self.waiting.push_back(Seq { req, computed: 0, generated: 0, blocks: Vec::new(), committed: 0, first_scheduled: None, first_token: None, last_token: arrival });
+        self.waiting.push_back(Seq {
+            req,
+            computed: 0,
+            generated: 0,
+            blocks: Vec::new(),
+            committed: 0,
+            first_scheduled: None,
+            first_token: None,
+            last_token: arrival,
+        });
     }
 
     /// Removes a request wherever it is and frees its blocks. Returns false if unknown.
@@ -233,7 +247,11 @@ impl SchedulerCore {
 
     /// Earliest arrival among waiting requests that have not arrived by `now`.
     pub fn next_arrival_after(&self, now: f64) -> Option<f64> {
-        self.waiting.iter().map(|s| s.req.arrival).filter(|&a| a > now).min_by(f64::total_cmp)
+        self.waiting
+            .iter()
+            .map(|s| s.req.arrival)
+            .filter(|&a| a > now)
+            .min_by(f64::total_cmp)
     }
 
     /// Current gauges and counters.
@@ -262,7 +280,10 @@ impl SchedulerCore {
         if !preempted {
             self.schedule_waiting(now, &mut budget, &mut plan);
         }
-        let mut step = Step { start: now, ..Step::default() };
+        let mut step = Step {
+            start: now,
+            ..Step::default()
+        };
         if plan.is_empty() {
             return step;
         }
@@ -284,7 +305,10 @@ impl SchedulerCore {
                 i += 1;
                 continue;
             }
-            let need = self.kv.blocks_for(self.running[i].computed + n).saturating_sub(self.running[i].blocks.len() as u32);
+            let need = self
+                .kv
+                .blocks_for(self.running[i].computed + n)
+                .saturating_sub(self.running[i].blocks.len() as u32);
             let mut self_preempted = false;
             while need > self.kv.free_blocks() {
                 preempted = true;
@@ -322,7 +346,9 @@ impl SchedulerCore {
     /// Admits waiting requests FCFS while seats, budget and blocks last.
     fn schedule_waiting(&mut self, now: f64, budget: &mut u32, plan: &mut Vec<(usize, u32)>) {
         while *budget > 0 && (self.running.len() as u32) < self.cfg.max_num_seqs {
-            let Some(front) = self.waiting.front() else { break };
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
             if front.req.arrival > now {
                 break;
             }
@@ -339,7 +365,9 @@ impl SchedulerCore {
             if need + self.kv.unreferenced(&hits) > self.kv.free_blocks() {
                 break;
             }
-            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
             self.kv.touch(&hits);
             seq.blocks = hits;
             seq.committed = seq.blocks.len();
@@ -367,9 +395,11 @@ impl SchedulerCore {
             ctx_read += c + n;
             attn_pairs += n * c + n * (n + 1.0) / 2.0;
         }
-        let flops = 2.0 * p.params * tokens + 4.0 * f64::from(p.layers) * f64::from(p.hidden_size) * attn_pairs;
+        let flops = 2.0 * p.params * tokens
+            + 4.0 * f64::from(p.layers) * f64::from(p.hidden_size) * attn_pairs;
         let bytes = p.weight_bytes() + p.kv_bytes_per_token() * ctx_read;
-        p.step_overhead_us * 1e-6 + (flops / p.effective_flops()).max(bytes / p.effective_bandwidth())
+        p.step_overhead_us * 1e-6
+            + (flops / p.effective_flops()).max(bytes / p.effective_bandwidth())
     }
 
     /// Advances every scheduled request as of `end`; emits tokens, samples
@@ -393,7 +423,11 @@ impl SchedulerCore {
             }
             s.generated += 1;
             let finished = s.generated >= s.req.max_tokens;
-            step.tokens.push(TokenOut { id: s.req.id, index: s.generated - 1, finished });
+            step.tokens.push(TokenOut {
+                id: s.req.id,
+                index: s.generated - 1,
+                finished,
+            });
             record_token(s, end, &mut self.counters, &mut step.samples);
             if finished {
                 record_finish(s, end, &mut step.samples);
@@ -426,7 +460,9 @@ fn record_token(s: &mut Seq, end: f64, c: &mut Counters, samples: &mut Vec<Sampl
         s.first_token = Some(end);
         c.prompt_tokens += u64::from(s.req.prompt_tokens);
         samples.push(Sample::Ttft(end - s.req.arrival));
-        samples.push(Sample::Queue(s.first_scheduled.unwrap_or(end) - s.req.arrival));
+        samples.push(Sample::Queue(
+            s.first_scheduled.unwrap_or(end) - s.req.arrival,
+        ));
     } else {
         samples.push(Sample::Itl(end - s.last_token));
     }
@@ -441,6 +477,8 @@ fn record_finish(s: &Seq, end: f64, samples: &mut Vec<Sample>) {
     samples.push(Sample::Decode(end - first_token));
     samples.push(Sample::Inference(end - scheduled));
     if s.generated > 1 {
-        samples.push(Sample::Tpot((end - first_token) / f64::from(s.generated - 1)));
+        samples.push(Sample::Tpot(
+            (end - first_token) / f64::from(s.generated - 1),
+        ));
     }
 }

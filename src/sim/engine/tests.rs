@@ -10,7 +10,14 @@ use super::profile::Profile;
 use super::scheduler::{NewRequest, Sample, SchedConfig, SchedulerCore, Step};
 
 fn cfg(max_num_seqs: u32, mnbt: u32, kv_blocks: u32) -> SchedConfig {
-    SchedConfig { max_num_seqs, max_num_batched_tokens: mnbt, kv_blocks, block_size: 16, prefix_caching: false, chunked_prefill: true }
+    SchedConfig {
+        max_num_seqs,
+        max_num_batched_tokens: mnbt,
+        kv_blocks,
+        block_size: 16,
+        prefix_caching: false,
+        chunked_prefill: true,
+    }
 }
 
 fn rtx4090() -> Profile {
@@ -18,7 +25,13 @@ fn rtx4090() -> Profile {
 }
 
 fn req(id: u64, prompt: u32, out: u32, arrival: f64) -> NewRequest {
-    NewRequest { id, prompt_tokens: prompt, max_tokens: out, block_hashes: Vec::new(), arrival }
+    NewRequest {
+        id,
+        prompt_tokens: prompt,
+        max_tokens: out,
+        block_hashes: Vec::new(),
+        arrival,
+    }
 }
 
 /// Result of a closed-loop run in simulated time.
@@ -47,7 +60,12 @@ fn closed_loop(core: &mut SchedulerCore, clients: u32, total: u64, prompt: u32, 
         core.add(req(sent, prompt, out, t));
         sent += 1;
     }
-    let mut run = Run { elapsed: 0.0, tokens: 0, ttft: Vec::new(), itl: Vec::new() };
+    let mut run = Run {
+        elapsed: 0.0,
+        tokens: 0,
+        ttft: Vec::new(),
+        itl: Vec::new(),
+    };
     loop {
         let step = core.step(t);
         if step.scheduled_tokens == 0 {
@@ -85,8 +103,15 @@ fn single_request_decode_matches_the_roofline() {
     let run = closed_loop(&mut core, 1, 1, 128, 64);
     let itl = mean(&run.itl);
     let expected = 1.5e-3 + 8.03e9 * 2.0 / (1008e9 * 0.85) + 131_072.0 * 190.0 / (1008e9 * 0.85);
-    assert!((itl - expected).abs() / expected < 0.01, "itl {itl} vs {expected}");
-    assert!((1.0 / itl - 49.4).abs() < 1.0, "decode speed {} tok/s", 1.0 / itl);
+    assert!(
+        (itl - expected).abs() / expected < 0.01,
+        "itl {itl} vs {expected}"
+    );
+    assert!(
+        (1.0 / itl - 49.4).abs() < 1.0,
+        "decode speed {} tok/s",
+        1.0 / itl
+    );
 }
 
 #[test]
@@ -101,7 +126,10 @@ fn throughput_rises_then_saturates_with_concurrency() {
     for w in tput.windows(2) {
         assert!(w[1] >= w[0] * 0.98, "throughput fell: {tput:?}");
     }
-    assert!(tput[2] > 8.0 * tput[0], "batching must multiply throughput: {tput:?}");
+    assert!(
+        tput[2] > 8.0 * tput[0],
+        "batching must multiply throughput: {tput:?}"
+    );
     // Past max-num-seqs (256) and the KV capacity, more clients add nothing.
     assert!(tput[5] < tput[4] * 1.10, "must saturate: {tput:?}");
 }
@@ -141,7 +169,10 @@ fn a_full_cache_preempts_and_everyone_still_finishes() {
     let run = closed_loop(&mut core, 8, 8, 64, 64);
     let c = core.snapshot().counters;
     assert!(c.preemptions > 0, "{c:?}");
-    assert_eq!((c.finished, run.tokens, c.generation_tokens), (8, 8 * 64, 8 * 64));
+    assert_eq!(
+        (c.finished, run.tokens, c.generation_tokens),
+        (8, 8 * 64, 8 * 64)
+    );
     assert!(core.is_idle());
     assert_eq!(core.kv().used_blocks(), 0);
 }
@@ -159,8 +190,14 @@ fn chunked_prefill_splits_long_prompts_and_off_rejects_them() {
         t += 0.01;
     }
     assert_eq!(steps + 1, 4, "2000 prompt tokens / 512 per step = 4 steps");
-    let off = SchedConfig { chunked_prefill: false, ..cfg(256, 512, 1900) };
-    assert!(off.admissible(2000, 4).unwrap_err().contains("max_num_batched_tokens"));
+    let off = SchedConfig {
+        chunked_prefill: false,
+        ..cfg(256, 512, 1900)
+    };
+    assert!(off
+        .admissible(2000, 4)
+        .unwrap_err()
+        .contains("max_num_batched_tokens"));
     assert!(off.admissible(400, 100).is_ok());
 }
 
@@ -168,16 +205,34 @@ fn chunked_prefill_splits_long_prompts_and_off_rejects_them() {
 fn prefix_cache_hits_shorten_ttft_and_are_counted() {
     let tokens: Vec<u64> = (0..1000).collect();
     let run = |prefix_caching: bool| {
-        let mut core = SchedulerCore::new(SchedConfig { prefix_caching, ..cfg(256, 2048, 1900) }, rtx4090());
+        let mut core = SchedulerCore::new(
+            SchedConfig {
+                prefix_caching,
+                ..cfg(256, 2048, 1900)
+            },
+            rtx4090(),
+        );
         let hashes = block_hashes(&tokens, 16);
         let mut ttft = Vec::new();
         let mut t = 0.0;
         for id in 0..2 {
-            core.add(NewRequest { id, prompt_tokens: 1000, max_tokens: 2, block_hashes: hashes.clone(), arrival: t });
+            core.add(NewRequest {
+                id,
+                prompt_tokens: 1000,
+                max_tokens: 2,
+                block_hashes: hashes.clone(),
+                arrival: t,
+            });
             loop {
                 let s = core.step(t);
                 t += s.duration;
-                ttft.extend(s.samples.iter().filter_map(|x| if let Sample::Ttft(v) = x { Some(*v) } else { None }));
+                ttft.extend(s.samples.iter().filter_map(|x| {
+                    if let Sample::Ttft(v) = x {
+                        Some(*v)
+                    } else {
+                        None
+                    }
+                }));
                 if s.tokens.iter().any(|k| k.finished) {
                     break;
                 }
@@ -187,7 +242,11 @@ fn prefix_cache_hits_shorten_ttft_and_are_counted() {
     };
     let (ttft_on, c_on) = run(true);
     let (ttft_off, c_off) = run(false);
-    assert_eq!((c_on.prefix_queries, c_on.prefix_hits), (2000, 992), "second prompt reuses 62 full blocks");
+    assert_eq!(
+        (c_on.prefix_queries, c_on.prefix_hits),
+        (2000, 992),
+        "second prompt reuses 62 full blocks"
+    );
     assert_eq!(c_off.prefix_hits, 0);
     assert!(ttft_on[1] < ttft_on[0] * 0.5, "{ttft_on:?}");
     assert!((ttft_off[1] - ttft_off[0]).abs() < 1e-9);
@@ -197,7 +256,10 @@ fn prefix_cache_hits_shorten_ttft_and_are_counted() {
 fn requests_that_can_never_fit_are_refused() {
     let c = cfg(256, 2048, 10);
     assert!(c.admissible(150, 10).is_ok());
-    assert!(c.admissible(150, 11).unwrap_err().contains("KV cache holds 160 tokens"));
+    assert!(c
+        .admissible(150, 11)
+        .unwrap_err()
+        .contains("KV cache holds 160 tokens"));
 }
 
 #[derive(Debug, Clone)]
@@ -209,7 +271,18 @@ struct Arrival {
 }
 
 fn arrival() -> impl Strategy<Value = Arrival> {
-    (0u32..400, 1u32..300, 1u32..40, prop::option::weighted(0.15, 0u32..40)).prop_map(|(at_ms, prompt, out, abort_after_tokens)| Arrival { at_ms, prompt, out, abort_after_tokens })
+    (
+        0u32..400,
+        1u32..300,
+        1u32..40,
+        prop::option::weighted(0.15, 0u32..40),
+    )
+        .prop_map(|(at_ms, prompt, out, abort_after_tokens)| Arrival {
+            at_ms,
+            prompt,
+            out,
+            abort_after_tokens,
+        })
 }
 
 proptest! {
