@@ -213,6 +213,13 @@ async fn serve(listener: std::net::TcpListener, state: Arc<SimState>, stop: ones
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
+    // Without TCP_NODELAY, Nagle's algorithm holds a small token frame until
+    // the client's delayed ACK of the headers (~40 ms on Linux), which would
+    // add up to 40 ms to every TTFT below that.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = router(state);
     // Not a graceful shutdown: open streams and idle keep-alive connections
     // would hold it forever; dropping the runtime closes them.
