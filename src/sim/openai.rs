@@ -88,7 +88,13 @@ fn server_error(msg: &str) -> Response {
 
 fn rejection(r: &Rejection) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let body = json!({"object": "error", "message": r.message, "type": "ServiceUnavailableError", "param": null, "code": r.status});
+    let kind = match r.status {
+        400 => "BadRequestError",
+        429 => "RateLimitError",
+        500 => "InternalServerError",
+        _ => "ServiceUnavailableError",
+    };
+    let body = json!({"object": "error", "message": r.message, "type": kind, "param": null, "code": r.status});
     let mut resp = (status, Json(body)).into_response();
     if let Some(s) = r.retry_after_s {
         if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {

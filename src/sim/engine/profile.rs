@@ -59,12 +59,12 @@ pub enum ProfileError {
     #[error("unknown profile '{0}'; built-in profiles: {list}. Or pass your own with --profile-file", list = BUILTIN.join(", "))]
     Unknown(String),
     /// The file could not be read.
-    #[error("cannot read profile file '{path}': {source}")]
+    #[error("cannot read profile file '{path}': {err}")]
     Read {
         /// The path.
         path: String,
         /// OS error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The file is not a valid profile.
     #[error("profile file '{path}' is not a valid profile: {reason}. See docs/simulator.md for the fields")]
@@ -110,9 +110,9 @@ impl Profile {
     /// Loads a profile from a JSON file (fields as in [`Profile`]).
     pub fn from_file(path: &Path) -> Result<Self, ProfileError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        let text = std::fs::read_to_string(path).map_err(|err| ProfileError::Read {
             path: shown.clone(),
-            source,
+            err,
         })?;
         let p: Profile = serde_json::from_str(&text).map_err(|e| ProfileError::Parse {
             path: shown.clone(),
