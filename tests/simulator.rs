@@ -83,7 +83,7 @@ async fn issue5_metrics_agree_with_what_bench_measured() {
         EngineConfig::new(Profile::builtin("llama3-8b-rtx4090").unwrap()),
         FaultConfig::default(),
     );
-    let report = bench(&bench_cfg(server.url(), 8, 32, 128, 16)).await;
+    let report = bench(&bench_cfg(server.url(), 8, 32, 256, 16)).await;
     let text = scrape(&server).await;
     assert_eq!(report.requests.ok, 32, "{:?}", report.requests.errors);
     let ok = report.requests.ok as f64;
@@ -124,6 +124,7 @@ async fn issue5_metrics_agree_with_what_bench_measured() {
         ),
     ] {
         let (count, mean_s) = hist_mean(&text, name);
+        eprintln!("{name}: n={count} server mean {:.3} ms, client mean {client_mean_ms:.3} ms", mean_s * 1000.0);
         assert_eq!(count, client_count as f64, "{name} count");
         assert!(
             within(mean_s * 1000.0, client_mean_ms, 0.05),
