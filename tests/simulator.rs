@@ -124,7 +124,10 @@ async fn issue5_metrics_agree_with_what_bench_measured() {
         ),
     ] {
         let (count, mean_s) = hist_mean(&text, name);
-        eprintln!("{name}: n={count} server mean {:.3} ms, client mean {client_mean_ms:.3} ms", mean_s * 1000.0);
+        eprintln!(
+            "{name}: n={count} server mean {:.3} ms, client mean {client_mean_ms:.3} ms",
+            mean_s * 1000.0
+        );
         assert_eq!(count, client_count as f64, "{name} count");
         assert!(
             within(mean_s * 1000.0, client_mean_ms, 0.05),
