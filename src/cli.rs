@@ -13,6 +13,9 @@ use crate::api::ApiKind;
 use crate::config::{normalize_base_url, BenchConfig, ProgressMode};
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
+use crate::sim::engine::profile::Profile;
+use crate::sim::engine::EngineConfig;
+use crate::sim::faults::FaultConfig;
 use crate::sim::SimConfig;
 
 mod monitor;
@@ -145,12 +148,12 @@ pub struct MockArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
-    /// Time to first token.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub ttft: Duration,
-    /// Inter-token latency.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
-    pub itl: Duration,
+    /// Fixed-delay mode: time to first token [default: 100ms when --itl is given]. Replaces the engine model.
+    #[arg(long, value_parser = parse_duration, help_heading = "Fixed-delay mode")]
+    pub ttft: Option<Duration>,
+    /// Fixed-delay mode: inter-token latency [default: 20ms when --ttft is given]. Replaces the engine model.
+    #[arg(long, value_parser = parse_duration, help_heading = "Fixed-delay mode")]
+    pub itl: Option<Duration>,
     /// Tokens generated when a request sets no max_tokens.
     #[arg(long, default_value_t = 64)]
     pub output_tokens: u32,
@@ -160,6 +163,73 @@ pub struct MockArgs {
     /// Server runtime threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// The batching engine model (used unless --ttft/--itl select fixed delays).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Engine model")]
+pub struct EngineArgs {
+    /// Built-in hardware + model profile: llama3-8b-rtx4090, llama3-8b-h100, llama3-70b-4xh100.
+    #[arg(long, default_value = "llama3-8b-rtx4090", conflicts_with_all = ["ttft", "itl"])]
+    pub profile: String,
+    /// Your own profile as a JSON file (fields in docs/simulator.md); overrides --profile.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ttft", "itl"])]
+    pub profile_file: Option<PathBuf>,
+    /// Requests in the running batch at most.
+    #[arg(long, default_value_t = 256, conflicts_with_all = ["ttft", "itl"])]
+    pub max_num_seqs: u32,
+    /// Tokens computed per engine step at most [default: the profile's].
+    #[arg(long, conflicts_with_all = ["ttft", "itl"])]
+    pub max_num_batched_tokens: Option<u32>,
+    /// KV-cache blocks [default: the profile's, from GPU memory left after weights].
+    #[arg(long, conflicts_with_all = ["ttft", "itl"])]
+    pub kv_blocks: Option<u32>,
+    /// Tokens per KV-cache block.
+    #[arg(long, default_value_t = 16, conflicts_with_all = ["ttft", "itl"])]
+    pub block_size: u32,
+    /// Reuse KV blocks of identical prompt prefixes.
+    #[arg(long, conflicts_with_all = ["ttft", "itl"])]
+    pub enable_prefix_caching: bool,
+    /// Split long prompts over several steps (true|false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", conflicts_with_all = ["ttft", "itl"])]
+    pub chunked_prefill: bool,
+    /// Add DCGM-style GPU metrics (utilisation, framebuffer) to /metrics.
+    #[arg(long, conflicts_with_all = ["ttft", "itl"])]
+    pub gpu_metrics: bool,
+}
+
+/// Seeded fault injection.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Faults")]
+pub struct FaultArgs {
+    /// Probability that a request fails with HTTP 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Requests per second accepted; more get 429 with Retry-After.
+    #[arg(long, value_name = "R")]
+    pub rate_limit: Option<f64>,
+    /// Probability that a request's connection drops mid-stream.
+    #[arg(long, default_value_t = 0.0)]
+    pub disconnect_rate: f64,
+    /// Probability that a request's stream carries a corrupt chunk.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_rate: f64,
+    /// Pause mid-stream, as DURATION@PROBABILITY, e.g. 2s@0.01.
+    #[arg(long, value_name = "D@P")]
+    pub stall: Option<crate::sim::faults::StallSpec>,
+    /// The first request waits this long for "model load" (as do requests arriving meanwhile).
+    #[arg(long, value_parser = parse_duration)]
+    pub cold_start: Option<Duration>,
+    /// Waiting requests at most; more get HTTP 503.
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<usize>,
+    /// Seed of the fault generator (same seed, same request order: same faults).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// `throtl demo` flags.
@@ -222,18 +292,62 @@ impl BenchArgs {
     }
 }
 
-impl From<&MockArgs> for SimConfig {
-    fn from(a: &MockArgs) -> Self {
-        SimConfig {
-            host: a.host,
-            port: a.port,
-            ttft: a.ttft,
-            itl: a.itl,
-            default_output_tokens: a.output_tokens,
-            model: a.model.clone(),
-            worker_threads: a.threads,
-            ..SimConfig::default()
+impl MockArgs {
+    /// Fixed-delay mode when --ttft or --itl is given; else the engine model.
+    pub fn is_fixed(&self) -> bool {
+        self.ttft.is_some() || self.itl.is_some()
+    }
+
+    fn engine_config(&self) -> Result<Option<EngineConfig>> {
+        if self.is_fixed() {
+            return Ok(None);
         }
+        let e = &self.engine;
+        let profile = match &e.profile_file {
+            Some(path) => Profile::from_file(path)?,
+            None => Profile::builtin(&e.profile)?,
+        };
+        Ok(Some(EngineConfig {
+            profile,
+            max_num_seqs: e.max_num_seqs,
+            max_num_batched_tokens: e.max_num_batched_tokens,
+            kv_blocks: e.kv_blocks,
+            block_size: e.block_size,
+            prefix_caching: e.enable_prefix_caching,
+            chunked_prefill: e.chunked_prefill,
+        }))
+    }
+
+    fn fault_config(&self) -> FaultConfig {
+        let f = &self.faults;
+        FaultConfig {
+            seed: f.seed,
+            fail_rate: f.fail_rate,
+            rate_limit: f.rate_limit,
+            disconnect_rate: f.disconnect_rate,
+            malformed_rate: f.malformed_rate,
+            stall: f.stall,
+            cold_start: f.cold_start,
+            max_queue: f.max_queue,
+        }
+    }
+
+    /// Converts flags into the simulator's configuration (loads --profile-file).
+    pub fn to_config(&self) -> Result<SimConfig> {
+        let defaults = SimConfig::default();
+        Ok(SimConfig {
+            host: self.host,
+            port: self.port,
+            ttft: self.ttft.unwrap_or(defaults.ttft),
+            itl: self.itl.unwrap_or(defaults.itl),
+            default_output_tokens: self.output_tokens,
+            model: self.model.clone(),
+            worker_threads: self.threads,
+            engine_model: self.engine_config()?,
+            faults: self.fault_config(),
+            gpu_metrics: self.engine.gpu_metrics,
+            ..defaults
+        })
     }
 }
 
@@ -295,13 +409,25 @@ fn print_stdout(s: &str) {
 }
 
 fn run_mock(args: &MockArgs) -> Result<ExitCode> {
-    let handle = crate::sim::start(SimConfig::from(args))?;
-    eprintln!(
-        "throtl mock listening on {} (ttft {:?}, itl {:?}); Ctrl-C to stop",
-        handle.url(),
-        args.ttft,
-        args.itl
-    );
+    let cfg = args.to_config()?;
+    let what = match &cfg.engine_model {
+        Some(e) => {
+            let s = e.sched();
+            format!(
+                "profile {}, max-num-seqs {}, max-num-batched-tokens {}, {} KV blocks of {} tokens{}{}",
+                e.profile.name,
+                s.max_num_seqs,
+                s.max_num_batched_tokens,
+                s.kv_blocks,
+                s.block_size,
+                if s.prefix_caching { ", prefix caching" } else { "" },
+                if s.chunked_prefill { "" } else { ", no chunked prefill" }
+            )
+        }
+        None => format!("fixed delays: ttft {:?}, itl {:?}", cfg.ttft, cfg.itl),
+    };
+    let handle = crate::sim::start(cfg)?;
+    eprintln!("throtl mock listening on {} ({what}); Ctrl-C to stop", handle.url());
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
     rt.block_on(async { tokio::signal::ctrl_c().await })
@@ -327,6 +453,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn mock(args: &[&str]) -> MockArgs {
+        let mut v = vec!["throtl", "mock"];
+        v.extend_from_slice(args);
+        let Command::Mock(m) = Cli::try_parse_from(v).unwrap().command else { panic!("mock") };
+        m
+    }
+
+    #[test]
+    fn mock_defaults_to_the_engine_model_and_ttft_selects_fixed_delays() {
+        let e = mock(&[]).to_config().unwrap().engine_model.unwrap();
+        assert_eq!(e.profile.name, "llama3-8b-rtx4090");
+        assert!(e.chunked_prefill && !e.prefix_caching);
+        let f = mock(&["--ttft", "50ms"]).to_config().unwrap();
+        assert!(f.engine_model.is_none());
+        assert_eq!((f.ttft, f.itl), (Duration::from_millis(50), Duration::from_millis(20)));
+        assert!(Cli::try_parse_from(["throtl", "mock", "--itl", "5ms", "--kv-blocks", "10"]).is_err());
+        let k = mock(&["--profile", "llama3-70b-4xh100", "--kv-blocks", "99", "--chunked-prefill", "false", "--enable-prefix-caching", "--stall", "1s@0.5", "--seed", "3"]).to_config().unwrap();
+        let s = k.engine_model.unwrap().sched();
+        assert_eq!((s.kv_blocks, s.chunked_prefill, s.prefix_caching), (99, false, true));
+        assert_eq!(k.faults.stall.unwrap().probability, 0.5);
+        let err = mock(&["--profile", "nope"]).to_config().unwrap_err().to_string();
+        assert!(err.contains("unknown profile 'nope'"), "{err}");
     }
 
     #[test]

@@ -123,12 +123,12 @@ async fn issue2_metrics_count_what_was_served() {
         .await
         .unwrap();
     assert!(
-        text.contains("vllm:prompt_tokens_total{model_name=\"throtl-sim\"} 12"),
+        text.contains("vllm:prompt_tokens_total{engine=\"0\",model_name=\"throtl-sim\"} 12"),
         "{text}"
     );
-    assert!(text.contains("vllm:generation_tokens_total{model_name=\"throtl-sim\"} 6"));
-    assert!(text.contains("vllm:time_to_first_token_seconds_count{model_name=\"throtl-sim\"} 3"));
-    assert!(text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"throtl-sim\"} 3"));
+    assert!(text.contains("vllm:generation_tokens_total{engine=\"0\",model_name=\"throtl-sim\"} 6"));
+    assert!(text.contains("vllm:time_to_first_token_seconds_count{engine=\"0\",model_name=\"throtl-sim\"} 3"));
+    assert!(text.contains("vllm:e2e_request_latency_seconds_count{engine=\"0\",model_name=\"throtl-sim\"} 3"));
     let health = reqwest::get(format!("{}/health", server.url()))
         .await
         .unwrap();

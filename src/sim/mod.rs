@@ -1,9 +1,19 @@
 //! `throtl mock`: a built-in simulated OpenAI-compatible inference server.
 //!
-//! Fixed-delay mode: the first token leaves at arrival + TTFT and token k at
-//! arrival + TTFT + k·ITL. Deadlines are absolute, so delays never drift, and
-//! a sub-millisecond timer thread keeps them exact at thousands of streams.
+//! Two engine models decide when tokens leave (see `docs/simulator.md`):
+//!
+//! * Fixed delays (`SimConfig::engine_model == None`, the default of this
+//!   struct, used by `throtl demo` and exact-truth tests): the first token
+//!   leaves at arrival + TTFT and token k at arrival + TTFT + k·ITL. Deadlines
+//!   are absolute, so delays never drift, and a sub-millisecond timer thread
+//!   keeps them exact at thousands of streams.
+//! * The batching engine ([`engine`]): continuous batching, paged KV cache,
+//!   chunked prefill, preemption, prefix caching, roofline step times.
+//!
+//! Either can be wrapped in seeded fault injection ([`faults`]).
 
+pub mod engine;
+pub mod faults;
 pub mod metrics;
 pub mod model;
 mod openai;
@@ -18,6 +28,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::oneshot;
 
+use engine::{BatchEngine, EngineConfig};
+use faults::{FaultConfig, FaultyModel};
 use metrics::SimMetrics;
 use model::{EngineModel, FixedDelay};
 use timer::PreciseTimer;
@@ -67,6 +79,12 @@ pub struct SimConfig {
     pub worker_threads: usize,
     /// The engine imitated (only `Vllm` is served until per-engine front-ends land).
     pub engine: EngineFlavor,
+    /// The batching engine model; `None` uses the fixed `ttft`/`itl` delays.
+    pub engine_model: Option<EngineConfig>,
+    /// Faults to inject (none by default).
+    pub faults: FaultConfig,
+    /// Add DCGM-style GPU metrics to `/metrics` (engine model only).
+    pub gpu_metrics: bool,
 }
 
 impl Default for SimConfig {
@@ -80,6 +98,9 @@ impl Default for SimConfig {
             model: "throtl-sim".into(),
             worker_threads: 1,
             engine: EngineFlavor::Vllm,
+            engine_model: None,
+            faults: FaultConfig::default(),
+            gpu_metrics: false,
         }
     }
 }
@@ -98,11 +119,14 @@ pub enum SimError {
     /// A thread or runtime could not be created.
     #[error("cannot start the simulator: {0}")]
     Start(#[from] std::io::Error),
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
 }
 
 pub(crate) struct SimState {
     pub(crate) cfg: SimConfig,
-    pub(crate) metrics: SimMetrics,
+    pub(crate) metrics: Arc<SimMetrics>,
     pub(crate) model: Box<dyn EngineModel>,
 }
 
@@ -146,6 +170,10 @@ impl Drop for SimHandle {
 /// Starts the simulator on its own runtime and thread, so that it never
 /// competes with the caller's runtime for scheduling. Returns once bound.
 pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
+    if let Some(e) = &cfg.engine_model {
+        e.validate().map_err(SimError::Config)?;
+    }
+    cfg.faults.validate().map_err(SimError::Config)?;
     let requested = SocketAddr::new(cfg.host, cfg.port);
     let listener = std::net::TcpListener::bind(requested).map_err(|source| SimError::Bind {
         addr: requested,
@@ -158,16 +186,17 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .thread_name("throtl-sim")
         .enable_all()
         .build()?;
-    let model = Box::new(FixedDelay {
-        ttft: cfg.ttft,
-        itl: cfg.itl,
-        timer: PreciseTimer::start()?,
-    });
-    let state = Arc::new(SimState {
-        cfg,
-        metrics: SimMetrics::default(),
-        model,
-    });
+    let timer = PreciseTimer::start()?;
+    let gpu = cfg.engine_model.as_ref().filter(|_| cfg.gpu_metrics).map(EngineConfig::gpu_info);
+    let metrics = Arc::new(SimMetrics::new(cfg.engine, cfg.engine_model.is_some(), gpu));
+    let mut model: Box<dyn EngineModel> = match &cfg.engine_model {
+        Some(e) => Box::new(BatchEngine::start(e, &runtime, timer.clone(), Arc::clone(&metrics))),
+        None => Box::new(FixedDelay { ttft: cfg.ttft, itl: cfg.itl, timer: timer.clone() }),
+    };
+    if cfg.faults.is_active() {
+        model = Box::new(FaultyModel::new(model, cfg.faults.clone(), timer, Arc::clone(&metrics)));
+    }
+    let state = Arc::new(SimState { cfg, metrics, model });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("throtl-sim-main".into())
@@ -183,14 +212,16 @@ async fn serve(listener: std::net::TcpListener, state: Arc<SimState>, stop: ones
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
+    // Without TCP_NODELAY, Nagle's algorithm holds a small token frame until
+    // the client's delayed ACK of the headers (~40 ms on Linux), which would
+    // add up to 40 ms to every TTFT below that.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = router(state);
     // Not a graceful shutdown: open streams and idle keep-alive connections
     // would hold it forever; dropping the runtime closes them.
-    // Nagle off: each token is a small write, and Nagle would hold it until
-    // the client's (delayed) ACK of the previous one.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     tokio::select! {
         _ = axum::serve(listener, app) => {}
         _ = stop => {}
@@ -207,11 +238,10 @@ fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics_text(
-    axum::extract::State(st): axum::extract::State<Arc<SimState>>,
-) -> impl axum::response::IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        st.metrics.render(&st.cfg.model),
-    )
+async fn metrics_text(axum::extract::State(st): axum::extract::State<Arc<SimState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !st.metrics.served() {
+        return (axum::http::StatusCode::NOT_FOUND, "this engine serves no /metrics").into_response();
+    }
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], st.metrics.render(&st.cfg.model)).into_response()
 }

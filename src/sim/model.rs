@@ -25,6 +25,11 @@ pub enum GenEvent {
     Token,
     /// The engine failed the request mid-stream.
     Fail(String),
+    /// Injected fault: drop the connection now, without the stream's
+    /// terminator (see [`super::faults::forward_fault`]).
+    Disconnect,
+    /// Injected fault: send a corrupt chunk, then end the stream.
+    Malformed,
 }
 
 /// Why the model refused a request outright.
@@ -44,6 +49,8 @@ pub enum Generation {
     Fixed(FixedGeneration),
     /// Events pushed by a scheduler loop (batching models).
     Channel(mpsc::Receiver<GenEvent>),
+    /// Another generation with injected faults.
+    Faulty(Box<super::faults::FaultyGeneration>),
 }
 
 impl Generation {
@@ -52,6 +59,7 @@ impl Generation {
         match self {
             Generation::Fixed(f) => f.next().await,
             Generation::Channel(rx) => rx.recv().await,
+            Generation::Faulty(f) => f.next().await,
         }
     }
 }
@@ -60,6 +68,20 @@ impl Generation {
 pub trait EngineModel: Send + Sync {
     /// Admits a request or rejects it.
     fn admit(&self, a: Admission) -> Result<Generation, Rejection>;
+
+    /// Admits a request whose prompt tokens are known (ids in order), so a
+    /// model with a prefix cache can find reusable blocks. Front-ends should
+    /// prefer this; the default ignores the tokens.
+    fn admit_prompt(&self, a: Admission, prompt: &[u64]) -> Result<Generation, Rejection> {
+        let _ = prompt;
+        self.admit(a)
+    }
+
+    /// Requests waiting for a batch slot, for models that queue (`None`:
+    /// the model has no queue).
+    fn queue_depth(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The fixed-delay model: exact, drift-free deadlines for truth tests.

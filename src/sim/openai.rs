@@ -11,6 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::faults::{self, WireFraming};
 use super::model::{Admission, GenEvent, Generation, Rejection};
 use super::SimState;
 
@@ -27,20 +28,20 @@ struct Gen {
     include_usage: bool,
     max_tokens: u32,
     prompt_tokens: u32,
+    /// One id per prompt word (the simulator's tokens), for prefix caching.
+    prompt_ids: Vec<u64>,
     model: String,
 }
 
 fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Response>> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
-    let prompt_tokens = if chat {
-        let msgs = v["messages"]
-            .as_array()
-            .ok_or_else(|| bad_request("'messages' must be an array"))?;
-        msgs.iter().map(|m| count_words(&m["content"])).sum()
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
+    let prompt_ids: Vec<u64> = if chat {
+        let msgs = v["messages"].as_array().ok_or_else(|| bad_request("'messages' must be an array"))?;
+        msgs.iter().flat_map(|m| word_ids(&m["content"])).collect()
     } else {
-        count_words(&v["prompt"])
+        word_ids(&v["prompt"])
     };
+    let prompt_tokens = u32::try_from(prompt_ids.len()).unwrap_or(u32::MAX);
     let max_tokens = v["max_completion_tokens"]
         .as_u64()
         .or_else(|| v["max_tokens"].as_u64())
@@ -55,22 +56,28 @@ fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Resp
             .unwrap_or(false),
         max_tokens,
         prompt_tokens,
+        prompt_ids,
         model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
     })
 }
 
-/// Whitespace-separated words: the simulator's token count of a prompt.
-fn count_words(v: &Value) -> u32 {
-    let n = match v {
-        Value::String(s) => s.split_whitespace().count(),
+/// Whitespace-separated words are the simulator's tokens; each gets an id
+/// (a hash of the word) so equal prompts share prefix-cache blocks.
+fn word_ids(v: &Value) -> Vec<u64> {
+    match v {
+        Value::String(s) => s.split_whitespace().map(word_id).collect(),
         Value::Array(parts) => parts
             .iter()
             .filter_map(|p| p["text"].as_str().or(p.as_str()))
-            .map(|s| s.split_whitespace().count())
-            .sum(),
-        _ => 0,
-    };
-    u32::try_from(n).unwrap_or(u32::MAX)
+            .flat_map(|s| s.split_whitespace().map(word_id))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// FNV-1a of a word.
+fn word_id(w: &str) -> u64 {
+    w.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn bad_request(msg: &str) -> Box<Response> {
@@ -85,7 +92,13 @@ fn server_error(msg: &str) -> Response {
 
 fn rejection(r: &Rejection) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let body = json!({"object": "error", "message": r.message, "type": "ServiceUnavailableError", "param": null, "code": r.status});
+    let kind = match r.status {
+        400 => "BadRequestError",
+        429 => "RateLimitError",
+        500 => "InternalServerError",
+        _ => "ServiceUnavailableError",
+    };
+    let body = json!({"object": "error", "message": r.message, "type": kind, "param": null, "code": r.status});
     let mut resp = (status, Json(body)).into_response();
     if let Some(s) = r.retry_after_s {
         if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
@@ -111,12 +124,8 @@ async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
-    let admission = Admission {
-        prompt_tokens: gen.prompt_tokens,
-        max_tokens: gen.max_tokens,
-        arrival,
-    };
-    let tokens = match st.model.admit(admission) {
+    let admission = Admission { prompt_tokens: gen.prompt_tokens, max_tokens: gen.max_tokens, arrival };
+    let tokens = match st.model.admit_prompt(admission, &gen.prompt_ids) {
         Ok(t) => t,
         Err(r) => return rejection(&r),
     };
@@ -140,6 +149,10 @@ async fn whole_response(
         if let GenEvent::Fail(msg) = ev {
             st.metrics.end_request(arrival.elapsed(), false);
             return server_error(&msg);
+        }
+        if let Some(resp) = faults::whole_fault_response(&ev) {
+            st.metrics.end_request(arrival.elapsed(), false);
+            return resp;
         }
         if k == 0 {
             st.metrics.first_token(arrival.elapsed());
@@ -235,6 +248,9 @@ async fn produce_stream(
             let _ = tx
                 .send(Ok(Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n"))))
                 .await;
+            break;
+        }
+        if faults::forward_fault(&ev, WireFraming::Sse, &tx).await {
             break;
         }
         let mut frame = String::with_capacity(head.len() * 2 + 128);
