@@ -43,6 +43,7 @@ struct Decoder {
     events: Vec<SseEvent>,
     lines: Vec<String>,
     done: bool,
+    finished: bool,
 }
 
 impl Decoder {
@@ -54,6 +55,7 @@ impl Decoder {
             events: Vec::new(),
             lines: Vec::new(),
             done: false,
+            finished: false,
         }
     }
 
@@ -109,6 +111,12 @@ impl Decoder {
         if let Some(u) = parsed.usage {
             rec.usage.input_tokens = u.input_tokens.or(rec.usage.input_tokens);
             rec.usage.output_tokens = u.output_tokens.or(rec.usage.output_tokens);
+        }
+        if parsed.server.is_some() {
+            rec.server = parsed.server;
+        }
+        if parsed.finished {
+            self.finished = true;
         }
         if parsed.done {
             self.done = true;
@@ -219,6 +227,11 @@ fn end_of_body(dec: &mut Decoder, p: &dyn Protocol, rec: &mut RequestRecord, at:
         }
     }
     if dec.done {
+        return;
+    }
+    if dec.finished && !dec.has_partial() {
+        // Protocols without a terminator (Gemini) end with the body.
+        rec.end = at;
         return;
     }
     let what = if dec.has_partial() { "in the middle of a message" } else { "without its terminator" };
