@@ -34,6 +34,10 @@ struct Delta<'a> {
     message: Option<DeltaMessage<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +104,10 @@ impl Protocol for Cohere {
                     .is_some_and(|c| has_text(&c.text));
             }
             "message-end" => {
+                if let Some(d) = ev.delta.as_ref().filter(|d| d.finish_reason.as_deref() == Some("ERROR")) {
+                    let msg = d.error.as_ref().map_or_else(|| "finish_reason ERROR".to_owned(), |e| e.to_string());
+                    return Ok(ParsedEvent::error(&msg));
+                }
                 out.finished = true;
                 let u = ev.delta.and_then(|d| d.usage);
                 let counts = u.and_then(|u| u.tokens.or(u.billed_units));
@@ -130,5 +138,7 @@ mod tests {
         assert!(end.finished);
         assert_eq!(end.usage, Some(Usage { input_tokens: Some(497), output_tokens: Some(12) }));
         assert!(p.parse(None, "[DONE]").unwrap().done);
+        let err = p.parse(None, r#"{"type":"message-end","delta":{"finish_reason":"ERROR","error":"boom"}}"#).unwrap();
+        assert!(err.error.unwrap().contains("boom"));
     }
 }

@@ -47,13 +47,14 @@ impl PromHistogram {
     fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b:?}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b:?}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
+        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
     }
 }
 
@@ -109,19 +110,95 @@ impl SimMetrics {
         }
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Prometheus text exposition of every metric, with vLLM's names.
     pub fn render(&self, model: &str) -> String {
-        let labels = format!("model_name=\"{}\"", escape_label(model));
+        self.render_as(model, &MetricNames::VLLM)
+    }
+
+    /// Prometheus text exposition under another engine's names; metrics the
+    /// engine does not have (`None`) are left out.
+    pub fn render_as(&self, model: &str, n: &MetricNames) -> String {
+        let labels = if n.labelled { format!("model_name=\"{}\"", escape_label(model)) } else { String::new() };
         let mut out = String::with_capacity(4096);
-        gauge(&mut out, "vllm:num_requests_running", "Number of requests in model execution batches.", &labels, self.running.load(Ordering::Relaxed));
-        gauge(&mut out, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", &labels, self.waiting.load(Ordering::Relaxed));
-        counter(&mut out, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", &labels, self.prompt_tokens.load(Ordering::Relaxed));
-        counter(&mut out, "vllm:generation_tokens_total", "Number of generation tokens processed.", &labels, self.generation_tokens.load(Ordering::Relaxed));
-        counter(&mut out, "vllm:request_success_total", "Count of successfully processed requests.", &labels, self.success.load(Ordering::Relaxed));
-        lock(&self.ttft).render(&mut out, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &labels);
-        lock(&self.e2e).render(&mut out, "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", &labels);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        if let Some(name) = n.running { gauge(&mut out, name, "Number of requests in model execution batches.", &labels, self.running.load(Ordering::Relaxed)); }
+        if let Some(name) = n.waiting { gauge(&mut out, name, "Number of requests waiting to be processed.", &labels, self.waiting.load(Ordering::Relaxed)); }
+        if let Some(name) = n.prompt_tokens { counter(&mut out, name, "Number of prefill tokens processed.", &labels, load(&self.prompt_tokens)); }
+        if let Some(name) = n.generation_tokens { counter(&mut out, name, "Number of generation tokens processed.", &labels, load(&self.generation_tokens)); }
+        if let Some(name) = n.success { counter(&mut out, name, "Count of successfully processed requests.", &labels, load(&self.success)); }
+        if let Some(name) = n.ttft { lock(&self.ttft).render(&mut out, name, "Histogram of time to first token in seconds.", &labels); }
+        if let Some(name) = n.e2e { lock(&self.e2e).render(&mut out, name, "Histogram of e2e request latency in seconds.", &labels); }
         out
     }
+}
+
+/// The names one engine gives the simulator's metrics (`None`: the engine
+/// has no such metric). See docs/protocols.md §8.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricNames {
+    /// Series carry `model_name` (vLLM, SGLang); TGI and llama.cpp are unlabelled.
+    pub labelled: bool,
+    /// Running requests gauge.
+    pub running: Option<&'static str>,
+    /// Waiting requests gauge.
+    pub waiting: Option<&'static str>,
+    /// Prompt tokens counter.
+    pub prompt_tokens: Option<&'static str>,
+    /// Generated tokens counter.
+    pub generation_tokens: Option<&'static str>,
+    /// Finished requests counter.
+    pub success: Option<&'static str>,
+    /// TTFT histogram.
+    pub ttft: Option<&'static str>,
+    /// End-to-end latency histogram.
+    pub e2e: Option<&'static str>,
+}
+
+impl MetricNames {
+    /// vLLM (`vllm:*`).
+    pub const VLLM: MetricNames = MetricNames {
+        labelled: true,
+        running: Some("vllm:num_requests_running"),
+        waiting: Some("vllm:num_requests_waiting"),
+        prompt_tokens: Some("vllm:prompt_tokens_total"),
+        generation_tokens: Some("vllm:generation_tokens_total"),
+        success: Some("vllm:request_success_total"),
+        ttft: Some("vllm:time_to_first_token_seconds"),
+        e2e: Some("vllm:e2e_request_latency_seconds"),
+    };
+    /// SGLang (`sglang:*`).
+    pub const SGLANG: MetricNames = MetricNames {
+        labelled: true,
+        running: Some("sglang:num_running_reqs"),
+        waiting: Some("sglang:num_queue_reqs"),
+        prompt_tokens: Some("sglang:prompt_tokens_total"),
+        generation_tokens: Some("sglang:generation_tokens_total"),
+        success: Some("sglang:num_requests_total"),
+        ttft: Some("sglang:time_to_first_token_seconds"),
+        e2e: Some("sglang:e2e_request_latency_seconds"),
+    };
+    /// llama.cpp (`llamacpp:*`; no histograms, no success counter).
+    pub const LLAMACPP: MetricNames = MetricNames {
+        labelled: false,
+        running: Some("llamacpp:requests_processing"),
+        waiting: Some("llamacpp:requests_deferred"),
+        prompt_tokens: Some("llamacpp:prompt_tokens_total"),
+        generation_tokens: Some("llamacpp:tokens_predicted_total"),
+        success: None,
+        ttft: None,
+        e2e: None,
+    };
+    /// TGI (`tgi_*`; no TTFT histogram, no token counters).
+    pub const TGI: MetricNames = MetricNames {
+        labelled: false,
+        running: Some("tgi_batch_current_size"),
+        waiting: Some("tgi_queue_size"),
+        prompt_tokens: None,
+        generation_tokens: None,
+        success: Some("tgi_request_success"),
+        ttft: None,
+        e2e: Some("tgi_request_duration"),
+    };
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,11 +206,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, labels: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{} {v}", braces(labels));
 }
 
 fn counter(out: &mut String, name: &str, help: &str, labels: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{} {v}", braces(labels));
+}
+
+/// `{labels}`, or nothing for unlabelled series.
+fn braces(labels: &str) -> String {
+    if labels.is_empty() { String::new() } else { format!("{{{labels}}}") }
 }
 
 fn escape_label(v: &str) -> String {
@@ -158,5 +240,10 @@ mod tests {
         assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 2"));
         assert!(text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"m\"} 1"));
         assert!(text.contains("vllm:num_requests_running{model_name=\"m\"} 0"));
+        let tgi = m.render_as("m", &MetricNames::TGI);
+        assert!(tgi.contains("tgi_request_duration_bucket{le=\"+Inf\"} 1"), "{tgi}");
+        assert!(tgi.contains("tgi_queue_size 0") && !tgi.contains("vllm:"));
+        let l = m.render_as("m", &MetricNames::LLAMACPP);
+        assert!(l.contains("llamacpp:prompt_tokens_total 10") && !l.contains("_bucket"));
     }
 }

@@ -1,36 +1,167 @@
-//! OpenAI-compatible routes of the simulator (vLLM's response shapes).
+//! OpenAI-compatible routes of the simulator, in the shape of vLLM, SGLang,
+//! llama.cpp (with `timings`), Ollama's compatibility layer, OpenAI and Azure.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
-use super::model::{Admission, GenEvent, Generation, Rejection};
-use super::SimState;
+use super::frontend::{count_words, new_id, respond, u32_or, unix_now, Outcome, SimRequest, StreamFormat};
+use super::{EngineFlavor, SimState};
 
-/// Words the simulator "generates"; each is one token of common tokenizers.
-const WORDS: &[&str] = &[
-    " the", " of", " and", " to", " in", " is", " that", " it", " for", " on", " with", " as",
-    " was", " at", " by", " an", " be", " this", " from", " or",
-];
+/// Adds `/v1/chat/completions`, `/v1/completions` and `/v1/models`.
+pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
+    r.route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+}
 
-/// The parts of a generation request the simulator honours.
-struct Gen {
+/// Adds Azure OpenAI's deployment route.
+pub(super) fn azure_routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
+    r.route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+}
+
+/// One OpenAI-style stream.
+struct OpenAiFormat {
     chat: bool,
-    stream: bool,
     include_usage: bool,
-    max_tokens: u32,
-    prompt_tokens: u32,
+    flavor: EngineFlavor,
+    id: String,
+    created: u64,
     model: String,
 }
 
-fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Response>> {
+impl OpenAiFormat {
+    fn new(st: &SimState, v: &Value, chat: bool) -> Self {
+        let prefix = if chat { "chatcmpl-" } else { "cmpl-" };
+        Self {
+            chat,
+            include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+            flavor: st.cfg.engine,
+            id: new_id(prefix),
+            created: unix_now(),
+            model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn push(&self, out: &mut String, choices: Value, usage: Option<&Outcome>) {
+        let mut chunk = json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": choices});
+        if let Some(o) = usage {
+            chunk["usage"] = usage_json(o);
+            if self.flavor == EngineFlavor::Llamacpp {
+                chunk["timings"] = llamacpp_timings(o);
+            }
+        }
+        out.push_str("data: ");
+        out.push_str(&chunk.to_string());
+        out.push_str("\n\n");
+    }
+}
+
+fn usage_json(o: &Outcome) -> Value {
+    json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.tokens, "total_tokens": o.prompt_tokens + o.tokens})
+}
+
+/// llama.cpp's `timings` object for a finished generation.
+fn llamacpp_timings(o: &Outcome) -> Value {
+    let prompt_ms = Outcome::ns(o.arrival, o.first) as f64 / 1e6;
+    let predicted_ms = Outcome::ns(o.first, o.end) as f64 / 1e6;
+    let per_s = |n: u32, ms: f64| if ms > 0.0 { f64::from(n) * 1000.0 / ms } else { 0.0 };
+    json!({
+        "cache_n": 0, "prompt_n": o.prompt_tokens, "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": if o.prompt_tokens > 0 { prompt_ms / f64::from(o.prompt_tokens) } else { 0.0 },
+        "prompt_per_second": per_s(o.prompt_tokens, prompt_ms),
+        "predicted_n": o.tokens, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": if o.tokens > 0 { predicted_ms / f64::from(o.tokens) } else { 0.0 },
+        "predicted_per_second": per_s(o.tokens, predicted_ms),
+    })
+}
+
+impl StreamFormat for OpenAiFormat {
+    fn start(&mut self, out: &mut String, _r: &SimRequest) {
+        if self.chat {
+            let content = if self.flavor == EngineFlavor::Llamacpp { Value::Null } else { json!("") };
+            let choice = json!([{"index": 0, "delta": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": null}]);
+            self.push(out, choice, None);
+        }
+    }
+
+    fn token(&mut self, out: &mut String, _k: u32, text: &str, last: bool) {
+        let finish = if last { json!("length") } else { Value::Null };
+        let choice = if self.chat {
+            json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+        };
+        self.push(out, json!([choice]), None);
+    }
+
+    fn end(&mut self, out: &mut String, o: &Outcome) {
+        if !o.hit_limit() {
+            let choice = if self.chat {
+                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"})
+            } else {
+                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"})
+            };
+            self.push(out, json!([choice]), None);
+        }
+        if self.include_usage {
+            self.push(out, json!([]), Some(o));
+        }
+        out.push_str("data: [DONE]\n\n");
+    }
+
+    fn fail(&mut self, out: &mut String, msg: &str) {
+        if self.flavor == EngineFlavor::Llamacpp {
+            // llama.cpp closes the stream after the error, without [DONE].
+            let err = json!({"error": {"code": 500, "message": msg, "type": "server_error"}});
+            out.push_str(&format!("data: {err}\n\n"));
+        } else {
+            let err = json!({"error": {"message": msg, "type": "InternalServerError", "param": null, "code": 500}});
+            out.push_str(&format!("data: {err}\n\ndata: [DONE]\n\n"));
+        }
+    }
+
+    fn whole(&self, text: &str, o: &Outcome) -> Value {
+        let finish = if o.hit_limit() { "length" } else { "stop" };
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+        };
+        let mut v = json!({"id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": [choice], "usage": usage_json(o)});
+        if self.flavor == EngineFlavor::Llamacpp {
+            v["timings"] = llamacpp_timings(o);
+        }
+        v
+    }
+
+    fn error_response(&self, status: StatusCode, msg: &str) -> Response {
+        let body = json!({"error": {"message": msg, "type": "BadRequestError", "param": null, "code": status.as_u16()}});
+        (status, Json(body)).into_response()
+    }
+}
+
+fn bad_request(msg: &str) -> Response {
+    let body = json!({"error": {"message": msg, "type": "BadRequestError", "param": null, "code": 400}});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+fn parse(st: &SimState, body: &[u8], chat: bool) -> Result<(SimRequest, OpenAiFormat), Response> {
     let v: Value = serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
     let prompt_tokens = if chat {
         let msgs = v["messages"].as_array().ok_or_else(|| bad_request("'messages' must be an array"))?;
@@ -38,232 +169,70 @@ fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Resp
     } else {
         count_words(&v["prompt"])
     };
-    let max_tokens = v["max_completion_tokens"]
-        .as_u64()
-        .or_else(|| v["max_tokens"].as_u64())
-        .map_or(st.cfg.default_output_tokens, |n| u32::try_from(n).unwrap_or(u32::MAX));
-    Ok(Gen {
-        chat,
-        stream: v["stream"].as_bool().unwrap_or(false),
-        include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
-        max_tokens,
+    let limit = if v["max_completion_tokens"].is_u64() { &v["max_completion_tokens"] } else { &v["max_tokens"] };
+    let req = SimRequest {
         prompt_tokens,
-        model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
-    })
-}
-
-/// Whitespace-separated words: the simulator's token count of a prompt.
-fn count_words(v: &Value) -> u32 {
-    let n = match v {
-        Value::String(s) => s.split_whitespace().count(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str().or(p.as_str()))
-            .map(|s| s.split_whitespace().count())
-            .sum(),
-        _ => 0,
+        max_tokens: u32_or(limit, st.cfg.default_output_tokens),
+        stream: v["stream"].as_bool().unwrap_or(false),
     };
-    u32::try_from(n).unwrap_or(u32::MAX)
+    Ok((req, OpenAiFormat::new(st, &v, chat)))
 }
 
-fn bad_request(msg: &str) -> Box<Response> {
-    let body = json!({"object": "error", "message": msg, "type": "BadRequestError", "param": null, "code": 400});
-    Box::new((StatusCode::BAD_REQUEST, Json(body)).into_response())
-}
-
-fn server_error(msg: &str) -> Response {
-    let body = json!({"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500});
-    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
-}
-
-fn rejection(r: &Rejection) -> Response {
-    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let body = json!({"object": "error", "message": r.message, "type": "ServiceUnavailableError", "param": null, "code": r.status});
-    let mut resp = (status, Json(body)).into_response();
-    if let Some(s) = r.retry_after_s {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
-            resp.headers_mut().insert("retry-after", v);
-        }
+async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
+    match parse(&st, body, chat) {
+        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Err(resp) => resp,
     }
-    resp
 }
 
 /// `POST /v1/chat/completions`.
-pub(super) async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     generate(st, &body, true).await
 }
 
 /// `POST /v1/completions`.
-pub(super) async fn completions(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+async fn completions(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     generate(st, &body, false).await
 }
 
-async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
-    let arrival = Instant::now();
-    let gen = match parse_request(&st, body, chat) {
-        Ok(g) => g,
-        Err(resp) => return *resp,
-    };
-    let admission = Admission { prompt_tokens: gen.prompt_tokens, max_tokens: gen.max_tokens, arrival };
-    let tokens = match st.model.admit(admission) {
-        Ok(t) => t,
-        Err(r) => return rejection(&r),
-    };
-    st.metrics.start_request(gen.prompt_tokens);
-    if gen.stream {
-        stream_response(st, gen, tokens, arrival)
-    } else {
-        whole_response(st, gen, tokens, arrival).await
+/// `POST /openai/deployments/{deployment}/chat/completions?api-version=…`.
+async fn azure_chat(
+    State(st): State<Arc<SimState>>,
+    Path(deployment): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if !q.contains_key("api-version") {
+        return bad_request("Missing required query parameter 'api-version'");
     }
-}
-
-async fn whole_response(st: Arc<SimState>, gen: Gen, mut tokens: Generation, arrival: Instant) -> Response {
-    let mut text = String::new();
-    let mut k = 0u32;
-    while let Some(ev) = tokens.next().await {
-        if let GenEvent::Fail(msg) = ev {
-            st.metrics.end_request(arrival.elapsed(), false);
-            return server_error(&msg);
+    match parse(&st, &body, true) {
+        Ok((req, mut fmt)) => {
+            fmt.model = deployment;
+            respond(st, req, fmt).await
         }
-        if k == 0 {
-            st.metrics.first_token(arrival.elapsed());
-        }
-        st.metrics.token();
-        text.push_str(WORDS[k as usize % WORDS.len()]);
-        k += 1;
-    }
-    st.metrics.end_request(arrival.elapsed(), true);
-    let ids = ids(&gen);
-    let choice = if gen.chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
-    } else {
-        json!({"index": 0, "text": text, "finish_reason": "length"})
-    };
-    Json(json!({
-        "id": ids.id, "object": ids.object_whole, "created": ids.created, "model": gen.model,
-        "choices": [choice], "usage": usage(&gen),
-    }))
-    .into_response()
-}
-
-struct Ids {
-    id: String,
-    object_whole: &'static str,
-    object_chunk: &'static str,
-    created: u64,
-}
-
-fn ids(gen: &Gen) -> Ids {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    if gen.chat {
-        Ids { id: format!("chatcmpl-{created:x}{nanos:x}"), object_whole: "chat.completion", object_chunk: "chat.completion.chunk", created }
-    } else {
-        Ids { id: format!("cmpl-{created:x}{nanos:x}"), object_whole: "text_completion", object_chunk: "text_completion", created }
+        Err(resp) => resp,
     }
 }
 
-fn usage(gen: &Gen) -> Value {
-    json!({"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.max_tokens,
-           "total_tokens": gen.prompt_tokens + gen.max_tokens})
-}
-
-fn stream_response(st: Arc<SimState>, gen: Gen, tokens: Generation, arrival: Instant) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(produce_stream(st, gen, tokens, arrival, tx));
-    let body = Body::from_stream(tokio_stream_from(rx));
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Writes one SSE frame per token at its deadline; stops if the client leaves.
-async fn produce_stream(
-    st: Arc<SimState>,
-    gen: Gen,
-    mut tokens: Generation,
-    arrival: Instant,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let ids = ids(&gen);
-    let mut finished = gen.max_tokens == 0;
-    let mut k = 0u32;
-    while let Some(ev) = tokens.next().await {
-        if let GenEvent::Fail(msg) = ev {
-            let err = json!({"error": {"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500}});
-            let _ = tx.send(Ok(Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")))).await;
-            break;
-        }
-        let mut frame = String::with_capacity(512);
-        if k == 0 {
-            st.metrics.first_token(arrival.elapsed());
-            if gen.chat {
-                push_chunk(&mut frame, &ids, &gen, json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}));
-            }
-        }
-        let last = k + 1 == gen.max_tokens;
-        push_chunk(&mut frame, &ids, &gen, token_choice(&gen, k, last));
-        st.metrics.token();
-        if last {
-            finish_frame(&mut frame, &ids, &gen);
-            finished = true;
-        }
-        if tx.send(Ok(Bytes::from(frame))).await.is_err() {
-            break;
-        }
-        k += 1;
+/// The `owned_by` each engine reports in `/v1/models`.
+fn owned_by(f: EngineFlavor) -> &'static str {
+    match f {
+        EngineFlavor::Sglang => "sglang",
+        EngineFlavor::Llamacpp => "llamacpp",
+        EngineFlavor::Ollama => "library",
+        EngineFlavor::Openai => "system",
+        EngineFlavor::Tgi => "text-generation-inference",
+        _ => "vllm",
     }
-    if gen.max_tokens == 0 {
-        let mut frame = String::new();
-        finish_frame(&mut frame, &ids, &gen);
-        let _ = tx.send(Ok(Bytes::from(frame))).await;
-    }
-    st.metrics.end_request(arrival.elapsed(), finished);
-}
-
-fn token_choice(gen: &Gen, k: u32, last: bool) -> Value {
-    let word = WORDS[k as usize % WORDS.len()];
-    let finish = if last { json!("length") } else { Value::Null };
-    if gen.chat {
-        json!({"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": finish})
-    } else {
-        json!({"index": 0, "text": word, "logprobs": null, "finish_reason": finish})
-    }
-}
-
-fn push_chunk(frame: &mut String, ids: &Ids, gen: &Gen, choice: Value) {
-    let chunk = json!({"id": ids.id, "object": ids.object_chunk, "created": ids.created,
-                       "model": gen.model, "choices": [choice]});
-    frame.push_str("data: ");
-    frame.push_str(&chunk.to_string());
-    frame.push_str("\n\n");
-}
-
-fn finish_frame(frame: &mut String, ids: &Ids, gen: &Gen) {
-    if gen.include_usage {
-        let chunk = json!({"id": ids.id, "object": ids.object_chunk, "created": ids.created,
-                           "model": gen.model, "choices": [], "usage": usage(gen)});
-        frame.push_str("data: ");
-        frame.push_str(&chunk.to_string());
-        frame.push_str("\n\n");
-    }
-    frame.push_str("data: [DONE]\n\n");
 }
 
 /// `GET /v1/models`.
-pub(super) async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Json(json!({"object": "list", "data": [{
-        "id": st.cfg.model, "object": "model", "created": created, "owned_by": "vllm",
-        "root": st.cfg.model, "parent": null, "max_model_len": 8192,
-    }]}))
+async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {
+    let mut m = json!({"id": st.cfg.model, "object": "model", "created": unix_now(), "owned_by": owned_by(st.cfg.engine)});
+    if st.cfg.engine == EngineFlavor::Vllm {
+        m["root"] = json!(st.cfg.model);
+        m["parent"] = Value::Null;
+        m["max_model_len"] = json!(8192);
+    }
+    Json(json!({"object": "list", "data": [m]}))
 }
-
