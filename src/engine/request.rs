@@ -221,6 +221,11 @@ async fn read_stream(
 fn end_of_body(dec: &mut Decoder, p: &dyn Protocol, rec: &mut RequestRecord, at: Instant) {
     if dec.framing == Framing::Ndjson {
         if let Some(rest) = dec.ndjson.take_rest() {
+            if p.parse(None, &rest).is_err() {
+                // A last line cut short is a truncation, not a malformed message.
+                fail(rec, ErrorClass::Truncated, "stream ended in the middle of a message".into(), at);
+                return;
+            }
             if let Step::Stop = dec.apply(p, None, &rest, at, rec) {
                 return;
             }
@@ -267,4 +272,21 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Decodes a whole response body, delivered in `chunks`, exactly as
+/// [`execute`] would, and returns the resulting record. For tests and
+/// fixture replays: every chunk is stamped with `Instant::now()`.
+pub fn replay_body<'a>(protocol: &dyn Protocol, chunks: impl IntoIterator<Item = &'a [u8]>) -> RequestRecord {
+    let start = Instant::now();
+    let mut rec = RequestRecord::new(0, false, start, 64);
+    rec.status = Some(200);
+    let mut dec = Decoder::new(protocol.framing());
+    for c in chunks {
+        if let Step::Stop = dec.feed(protocol, c, Instant::now(), &mut rec) {
+            return rec;
+        }
+    }
+    end_of_body(&mut dec, protocol, &mut rec, Instant::now());
+    rec
 }

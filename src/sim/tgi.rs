@@ -19,6 +19,7 @@ pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
     r.route("/generate_stream", post(generate_stream))
         .route("/generate", post(generate))
         .route("/info", get(info))
+        .route("/", post(compat_generate))
 }
 
 struct TgiFormat {
@@ -113,6 +114,16 @@ async fn generate_stream(State(st): State<Arc<SimState>>, body: Bytes) -> Respon
 
 async fn generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     match parse(&st, &body, false) {
+        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Err(r) => r,
+    }
+}
+
+/// `POST /`: TGI's compatibility route, streaming when the body says
+/// `"stream": true` (what huggingface_hub's `InferenceClient` calls).
+async fn compat_generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let stream = serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["stream"].as_bool() == Some(true));
+    match parse(&st, &body, stream) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
         Err(r) => r,
     }
