@@ -68,7 +68,8 @@ pub struct BenchConfig {
 }
 
 /// Extra request headers (`-H`) and protocol options (`--api-version`).
-#[derive(Debug, Clone, Default, Serialize)]
+/// Neither `Serialize` nor `Debug` shows header values.
+#[derive(Clone, Default, Serialize)]
 pub struct ApiOptions {
     /// Extra headers sent with every request. Only the names are ever
     /// serialized: values may hold secrets.
@@ -76,6 +77,13 @@ pub struct ApiOptions {
     pub headers: Vec<(String, String)>,
     /// Azure OpenAI `api-version`.
     pub api_version: Option<String>,
+}
+
+impl std::fmt::Debug for ApiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ApiOptions").field("headers", &names).field("api_version", &self.api_version).finish()
+    }
 }
 
 fn ser_header_names<S: serde::Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
