@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use crate::api::{AuthStyle, Protocol, ProtocolOptions};
 use crate::config::{BenchConfig, ConfigError};
-use crate::engine::{self, Controls, LoadPlan};
 use crate::engine::request::{error_chain, Transport};
 use crate::engine::workload::PromptSource;
+use crate::engine::{self, Controls, LoadPlan};
 use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::stats::aggregator::RecordsOut;
@@ -57,7 +57,10 @@ pub struct Outputs {
 fn create(path: &Path) -> Result<(PathBuf, File), BenchError> {
     File::create(path)
         .map(|f| (path.to_owned(), f))
-        .map_err(|source| BenchError::Output { path: path.to_owned(), source })
+        .map_err(|source| BenchError::Output {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl Outputs {
@@ -147,7 +150,11 @@ pub fn build_client() -> Result<reqwest::Client, BenchError> {
 
 /// Fails fast when nothing answers at the target's address.
 async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), BenchError> {
-    let probe = client.get(url).timeout(Duration::from_secs(10)).send().await;
+    let probe = client
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
     match probe {
         Ok(_) => Ok(()),
         Err(e) if e.is_connect() || e.is_timeout() => Err(BenchError::Unreachable {
@@ -163,13 +170,22 @@ fn build_transport(cfg: &BenchConfig, client: reqwest::Client) -> Result<Transpo
         api_version: cfg.api_options.api_version.clone(),
     }));
     let headers = request_headers(cfg, protocol.as_ref())?;
-    Ok(Transport { client, base: cfg.url.clone(), headers, protocol, timeout: cfg.timeout })
+    Ok(Transport {
+        client,
+        base: cfg.url.clone(),
+        headers,
+        protocol,
+        timeout: cfg.timeout,
+    })
 }
 
 /// Every header sent with each request: the protocol's fixed headers, the
 /// API key (from `--api-key-env` or the protocol's conventional variable),
 /// then `-H` headers. Key and `-H` values are marked sensitive.
-pub fn request_headers(cfg: &BenchConfig, protocol: &dyn Protocol) -> Result<HeaderMap, ConfigError> {
+pub fn request_headers(
+    cfg: &BenchConfig,
+    protocol: &dyn Protocol,
+) -> Result<HeaderMap, ConfigError> {
     let mut headers = HeaderMap::new();
     for (name, value) in protocol.fixed_headers() {
         headers.insert(*name, HeaderValue::from_static(value));
@@ -191,14 +207,20 @@ pub fn request_headers(cfg: &BenchConfig, protocol: &dyn Protocol) -> Result<Hea
 }
 
 fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ConfigError> {
-    let mut v = HeaderValue::from_str(value)
-        .map_err(|_| ConfigError(format!("{what} contains characters not allowed in an HTTP header")))?;
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        ConfigError(format!(
+            "{what} contains characters not allowed in an HTTP header"
+        ))
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }
 
 /// The API key and the variable it came from, if any.
-fn api_key(cfg: &BenchConfig, protocol: &dyn Protocol) -> Result<Option<(String, String)>, ConfigError> {
+fn api_key(
+    cfg: &BenchConfig,
+    protocol: &dyn Protocol,
+) -> Result<Option<(String, String)>, ConfigError> {
     let Some(var) = cfg.api_key_env.as_deref().or(protocol.key_env()) else {
         return Ok(None);
     };

@@ -17,7 +17,13 @@ use crate::sim::{EngineFlavor, SimConfig};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
-#[command(name = "throtl", version, about, help_expected = true, propagate_version = true)]
+#[command(
+    name = "throtl",
+    version,
+    about,
+    help_expected = true,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -149,7 +155,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME", help_heading = "Target")]
     pub api_key_env: Option<String>,
     /// Extra header sent with every request, e.g. -H 'X-Org: a' (repeatable; values are never printed).
-    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", help_heading = "Target")]
+    #[arg(
+        long = "header",
+        short = 'H',
+        value_name = "NAME: VALUE",
+        help_heading = "Target"
+    )]
     pub headers: Vec<String>,
     /// Azure OpenAI api-version query value.
     #[arg(long, value_name = "VERSION", help_heading = "Target")]
@@ -248,7 +259,8 @@ pub struct DemoArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
 }
 
 fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
@@ -349,7 +361,10 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
     }
-    b.enable_all().thread_name("throtl-client").build().context("cannot start the async runtime")
+    b.enable_all()
+        .thread_name("throtl-client")
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
@@ -411,7 +426,8 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
     );
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
-    rt.block_on(async { tokio::signal::ctrl_c().await }).context("cannot wait for Ctrl-C")?;
+    rt.block_on(async { tokio::signal::ctrl_c().await })
+        .context("cannot wait for Ctrl-C")?;
     drop(handle);
     Ok(ExitCode::SUCCESS)
 }
@@ -419,7 +435,8 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
 fn run_demo(args: &DemoArgs) -> Result<ExitCode> {
     let rt = runtime(None)?;
     rt.block_on(async {
-        let (report, cfg) = crate::demo::run(args.concurrency, args.requests, args.json.clone()).await?;
+        let (report, cfg) =
+            crate::demo::run(args.concurrency, args.requests, args.json.clone()).await?;
         finish_report(&report, &cfg)
     })
 }
@@ -436,14 +453,25 @@ mod tests {
 
     #[test]
     fn requests_and_duration_conflict() {
-        let r = Cli::try_parse_from(["throtl", "bench", "--url", "http://x", "--requests", "5", "--duration", "1s"]);
+        let r = Cli::try_parse_from([
+            "throtl",
+            "bench",
+            "--url",
+            "http://x",
+            "--requests",
+            "5",
+            "--duration",
+            "1s",
+        ]);
         assert!(r.is_err());
     }
 
     #[test]
     fn zero_concurrency_is_rejected_with_the_flag_name() {
         let cli = Cli::try_parse_from(["throtl", "bench", "--url", "http://x", "-c", "0"]).unwrap();
-        let Command::Bench(b) = cli.command else { panic!("bench") };
+        let Command::Bench(b) = cli.command else {
+            panic!("bench")
+        };
         let err = b.to_config("m".into()).unwrap_err().to_string();
         assert!(err.contains("--concurrency"), "{err}");
     }

@@ -82,7 +82,10 @@ pub struct ApiOptions {
 impl std::fmt::Debug for ApiOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("ApiOptions").field("headers", &names).field("api_version", &self.api_version).finish()
+        f.debug_struct("ApiOptions")
+            .field("headers", &names)
+            .field("api_version", &self.api_version)
+            .finish()
     }
 }
 
@@ -93,14 +96,18 @@ fn ser_header_names<S: serde::Serializer>(h: &[(String, String)], s: S) -> Resul
 /// Parses a `-H 'Name: value'` header argument.
 pub fn parse_header(raw: &str) -> Result<(String, String), ConfigError> {
     let Some((name, value)) = raw.split_once(':') else {
-        return Err(ConfigError("-H expects 'Name: value' (a colon between name and value)".into()));
+        return Err(ConfigError(
+            "-H expects 'Name: value' (a colon between name and value)".into(),
+        ));
     };
     let name = name.trim();
     let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
         && reqwest::header::HeaderValue::from_str(value.trim()).is_ok();
     if name.is_empty() || !valid {
         // The value is not echoed: it may be a secret.
-        return Err(ConfigError(format!("-H '{name}: …' is not a valid HTTP header name and value")));
+        return Err(ConfigError(format!(
+            "-H '{name}: …' is not a valid HTTP header name and value"
+        )));
     }
     Ok((name.to_owned(), value.trim().to_owned()))
 }
@@ -147,10 +154,14 @@ impl BenchConfig {
 /// Normalises a base URL: requires http(s), drops a trailing `/` and `/v1`.
 pub fn normalize_base_url(raw: &str) -> Result<String, ConfigError> {
     let url = reqwest::Url::parse(raw).map_err(|e| {
-        ConfigError(format!("--url '{raw}' is not a valid URL ({e}); use e.g. 'http://127.0.0.1:8000'"))
+        ConfigError(format!(
+            "--url '{raw}' is not a valid URL ({e}); use e.g. 'http://127.0.0.1:8000'"
+        ))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError(format!("--url '{raw}' must start with http:// or https://")));
+        return Err(ConfigError(format!(
+            "--url '{raw}' must start with http:// or https://"
+        )));
     }
     let mut s = raw.trim_end_matches('/').to_owned();
     if s.ends_with("/v1") {
@@ -173,12 +184,21 @@ mod tests {
 
     #[test]
     fn header_args_parse_and_never_echo_values() {
-        assert_eq!(parse_header("X-A: b c").unwrap(), ("X-A".into(), "b c".into()));
+        assert_eq!(
+            parse_header("X-A: b c").unwrap(),
+            ("X-A".into(), "b c".into())
+        );
         assert!(parse_header("nocolon").is_err());
         let e = parse_header("bad name: s3cret\n").unwrap_err().to_string();
         assert!(!e.contains("s3cret"), "{e}");
-        let opts = ApiOptions { headers: vec![("Authorization".into(), "Bearer s3cret".into())], api_version: None };
+        let opts = ApiOptions {
+            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+            api_version: None,
+        };
         let json = serde_json::to_string(&opts).unwrap();
-        assert!(json.contains("Authorization") && !json.contains("s3cret"), "{json}");
+        assert!(
+            json.contains("Authorization") && !json.contains("s3cret"),
+            "{json}"
+        );
     }
 }

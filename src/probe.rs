@@ -17,8 +17,18 @@ use crate::engine::request::error_chain;
 
 /// Endpoints fetched by a probe, in [`Fetched`] order.
 const PATHS: [&str; 12] = [
-    "/", "/v1/models", "/version", "/info", "/api/version", "/api/tags", "/props", "/get_model_info",
-    "/get_server_info", "/health", "/metrics", "/v1beta/models",
+    "/",
+    "/v1/models",
+    "/version",
+    "/info",
+    "/api/version",
+    "/api/tags",
+    "/props",
+    "/get_model_info",
+    "/get_server_info",
+    "/health",
+    "/metrics",
+    "/v1beta/models",
 ];
 
 /// How long each probe request may take.
@@ -73,10 +83,12 @@ impl ProbeReport {
 
     /// The first model, or an error telling to pass `--model`.
     pub fn first_model(&self) -> Result<String, anyhow::Error> {
-        self.models
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("{} lists no models; pass the model name with --model", self.url))
+        self.models.first().cloned().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} lists no models; pass the model name with --model",
+                self.url
+            )
+        })
     }
 
     /// One line saying what `--api auto` picked (and a warning when unsure).
@@ -84,8 +96,15 @@ impl ProbeReport {
         if self.engine == "unknown" {
             format!("warning: could not identify the server at {}; using --api openai-chat. Pass --api to choose", self.url)
         } else {
-            let v = self.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
-            format!("detected {}{v} at {}; using --api {}", self.engine, self.url, self.api)
+            let v = self
+                .version
+                .as_deref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default();
+            format!(
+                "detected {}{v} at {}; using --api {}",
+                self.engine, self.url, self.api
+            )
         }
     }
 
@@ -96,14 +115,33 @@ impl ProbeReport {
         let _ = writeln!(s, "url      {}", self.url);
         let _ = writeln!(s, "engine   {}", self.engine);
         let _ = writeln!(s, "version  {}", opt(&self.version));
-        let _ = writeln!(s, "models   {}", if self.models.is_empty() { "—".into() } else { self.models.join(", ") });
-        let health = match self.healthy { Some(true) => "ok", Some(false) => "NOT healthy", None => "unknown (no health endpoint)" };
+        let _ = writeln!(
+            s,
+            "models   {}",
+            if self.models.is_empty() {
+                "—".into()
+            } else {
+                self.models.join(", ")
+            }
+        );
+        let health = match self.healthy {
+            Some(true) => "ok",
+            Some(false) => "NOT healthy",
+            None => "unknown (no health endpoint)",
+        };
         let _ = writeln!(s, "health   {health}");
         let _ = writeln!(s, "metrics  {}", opt(&self.metrics));
-        let _ = writeln!(s, "api      {} (what `throtl bench --api auto` uses)", self.api);
+        let _ = writeln!(
+            s,
+            "api      {} (what `throtl bench --api auto` uses)",
+            self.api
+        );
         let _ = writeln!(s, "evidence {}", self.evidence.join("; "));
         if self.engine == "unknown" {
-            let _ = writeln!(s, "warning: server not identified; bench falls back to openai-chat");
+            let _ = writeln!(
+                s,
+                "warning: server not identified; bench falls back to openai-chat"
+            );
         }
         s
     }
@@ -148,11 +186,19 @@ impl Fetched {
 pub async fn probe(base: &str, headers: &[(String, String)]) -> Result<ProbeReport, ProbeError> {
     let client = crate::bench::build_client()?;
     let hmap = header_map(headers)?;
-    let futs = PATHS.iter().map(|p| fetch(&client, format!("{base}{p}"), hmap.clone()));
+    let futs = PATHS
+        .iter()
+        .map(|p| fetch(&client, format!("{base}{p}"), hmap.clone()));
     let results = join_all(futs).await;
     if results.iter().all(Result::is_err) {
-        let reason = results.into_iter().find_map(Result::err).unwrap_or_default();
-        return Err(ProbeError::Unreachable { url: base.to_owned(), reason });
+        let reason = results
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_default();
+        return Err(ProbeError::Unreachable {
+            url: base.to_owned(),
+            reason,
+        });
     }
     let fetched = Fetched(results.into_iter().map(Result::ok).collect());
     Ok(identify(base, &fetched))
@@ -161,7 +207,8 @@ pub async fn probe(base: &str, headers: &[(String, String)]) -> Result<ProbeRepo
 fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, ProbeError> {
     let mut map = HeaderMap::new();
     for (n, v) in headers {
-        let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| ProbeError::Header(n.clone()))?;
+        let name =
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| ProbeError::Header(n.clone()))?;
         let mut value = HeaderValue::from_str(v).map_err(|_| ProbeError::Header(n.clone()))?;
         value.set_sensitive(true);
         map.insert(name, value);
@@ -170,11 +217,25 @@ fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, ProbeError> {
 }
 
 async fn fetch(client: &reqwest::Client, url: String, headers: HeaderMap) -> Result<Resp, String> {
-    let resp = client.get(&url).headers(headers).timeout(PROBE_TIMEOUT).send().await.map_err(|e| error_chain(&e))?;
+    let resp = client
+        .get(&url)
+        .headers(headers)
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = tokio::time::timeout(PROBE_TIMEOUT, resp.text()).await.ok().and_then(Result::ok).unwrap_or_default();
-    Ok(Resp { status, headers, body })
+    let body = tokio::time::timeout(PROBE_TIMEOUT, resp.text())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// The identification, from the fetched endpoints.
@@ -212,7 +273,10 @@ fn identify(base: &str, f: &Fetched) -> ProbeReport {
 type Found = Option<(&'static str, ApiKind)>;
 
 fn by_host(base: &str, r: &mut ProbeReport) -> Found {
-    let host = reqwest::Url::parse(base).ok()?.host_str()?.to_ascii_lowercase();
+    let host = reqwest::Url::parse(base)
+        .ok()?
+        .host_str()?
+        .to_ascii_lowercase();
     let found = if host == "api.openai.com" {
         ("openai", ApiKind::OpenaiChat)
     } else if host.ends_with(".openai.azure.com") {
@@ -241,7 +305,8 @@ fn tgi(f: &Fetched, r: &mut ProbeReport) -> Found {
     }
     r.version = str_of(&info, "version");
     r.models = str_of(&info, "model_id").into_iter().collect();
-    r.evidence.push("/info router text-generation-router".into());
+    r.evidence
+        .push("/info router text-generation-router".into());
     Some(("tgi", ApiKind::Tgi))
 }
 
@@ -249,32 +314,56 @@ fn ollama(f: &Fetched, r: &mut ProbeReport) -> Found {
     let v = f.json("/api/version")?;
     r.version = Some(str_of(&v, "version")?);
     let tags = f.json("/api/tags").unwrap_or_default();
-    r.models = tags["models"].as_array().into_iter().flatten().filter_map(|m| str_of(m, "name")).collect();
+    r.models = tags["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| str_of(m, "name"))
+        .collect();
     r.evidence.push("/api/version answered".into());
     Some(("ollama", ApiKind::OllamaChat))
 }
 
 fn owner(f: &Fetched) -> Option<String> {
-    f.json("/v1/models")?["data"][0]["owned_by"].as_str().map(str::to_owned)
+    f.json("/v1/models")?["data"][0]["owned_by"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn openai_models(f: &Fetched) -> Vec<String> {
     let v = f.json("/v1/models").unwrap_or_default();
-    v["data"].as_array().into_iter().flatten().filter_map(|m| str_of(m, "id")).collect()
+    v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| str_of(m, "id"))
+        .collect()
 }
 
 fn llamacpp(f: &Fetched, r: &mut ProbeReport) -> Found {
     let server_header = PATHS.iter().filter_map(|p| f.get(p)).any(|resp| {
-        resp.headers.get("server").and_then(|v| v.to_str().ok()).is_some_and(|s| s.contains("llama.cpp"))
+        resp.headers
+            .get("server")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|s| s.contains("llama.cpp"))
     });
     let props = f.json("/props");
-    let props_ok = props.as_ref().is_some_and(|p| p.get("default_generation_settings").is_some() || p.get("build_info").is_some());
+    let props_ok = props.as_ref().is_some_and(|p| {
+        p.get("default_generation_settings").is_some() || p.get("build_info").is_some()
+    });
     if !(server_header || props_ok || owner(f).as_deref() == Some("llamacpp")) {
         return None;
     }
     r.version = props.as_ref().and_then(|p| str_of(p, "build_info"));
     r.models = openai_models(f);
-    r.evidence.push(if server_header { "server: llama.cpp header" } else { "/props answered" }.into());
+    r.evidence.push(
+        if server_header {
+            "server: llama.cpp header"
+        } else {
+            "/props answered"
+        }
+        .into(),
+    );
     Some(("llamacpp", ApiKind::OpenaiChat))
 }
 
@@ -284,9 +373,18 @@ fn sglang(f: &Fetched, r: &mut ProbeReport) -> Found {
     if !(by_info || owner(f).as_deref() == Some("sglang")) {
         return None;
     }
-    r.version = f.json("/get_server_info").and_then(|v| str_of(&v, "version"));
+    r.version = f
+        .json("/get_server_info")
+        .and_then(|v| str_of(&v, "version"));
     r.models = openai_models(f);
-    r.evidence.push(if by_info { "/get_model_info answered" } else { "/v1/models owned_by sglang" }.into());
+    r.evidence.push(
+        if by_info {
+            "/get_model_info answered"
+        } else {
+            "/v1/models owned_by sglang"
+        }
+        .into(),
+    );
     Some(("sglang", ApiKind::OpenaiChat))
 }
 
@@ -315,18 +413,30 @@ fn anthropic(f: &Fetched, r: &mut ProbeReport) -> Found {
     if v["data"][0]["type"].as_str() != Some("model") || v.get("has_more").is_none() {
         return None;
     }
-    r.models = v["data"].as_array().into_iter().flatten().filter_map(|m| str_of(m, "id")).collect();
+    r.models = v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| str_of(m, "id"))
+        .collect();
     r.evidence.push("/v1/models in Anthropic's shape".into());
     Some(("anthropic", ApiKind::Anthropic))
 }
 
 fn gemini(f: &Fetched, r: &mut ProbeReport) -> Found {
     let v = f.json("/v1beta/models")?;
-    let names: Vec<String> = v["models"].as_array()?.iter().filter_map(|m| str_of(m, "name")).collect();
+    let names: Vec<String> = v["models"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| str_of(m, "name"))
+        .collect();
     if names.is_empty() || !names.iter().all(|n| n.starts_with("models/")) {
         return None;
     }
-    r.models = names.into_iter().map(|n| n.trim_start_matches("models/").to_owned()).collect();
+    r.models = names
+        .into_iter()
+        .map(|n| n.trim_start_matches("models/").to_owned())
+        .collect();
     r.evidence.push("/v1beta/models in Gemini's shape".into());
     Some(("gemini", ApiKind::Gemini))
 }
@@ -343,12 +453,17 @@ fn cohere(f: &Fetched, r: &mut ProbeReport) -> Found {
 }
 
 fn metrics_prefix(f: &Fetched, prefix: &str) -> bool {
-    f.get("/metrics").is_some_and(|m| m.ok() && m.body.contains(prefix))
+    f.get("/metrics")
+        .is_some_and(|m| m.ok() && m.body.contains(prefix))
 }
 
 fn metrics(base: &str, f: &Fetched) -> Option<String> {
     let m = f.get("/metrics")?;
-    let prometheus = m.ok() && (m.body.contains("# TYPE") || m.body.lines().any(|l| l.contains(':') && !l.starts_with('{')));
+    let prometheus = m.ok()
+        && (m.body.contains("# TYPE")
+            || m.body
+                .lines()
+                .any(|l| l.contains(':') && !l.starts_with('{')));
     prometheus.then(|| format!("{base}/metrics"))
 }
 
@@ -361,7 +476,10 @@ fn health(f: &Fetched, engine: &str) -> Option<bool> {
         _ => match engine {
             "unknown" => None,
             // Hosted APIs have no health route: listing models is the check.
-            _ => Some(f.get("/v1/models").is_some_and(Resp::ok) || f.get("/v1beta/models").is_some_and(Resp::ok)),
+            _ => Some(
+                f.get("/v1/models").is_some_and(Resp::ok)
+                    || f.get("/v1beta/models").is_some_and(Resp::ok),
+            ),
         },
     }
 }

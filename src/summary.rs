@@ -21,15 +21,27 @@ pub fn build(
     let mut report = RunReport {
         schema: RUN_SCHEMA.into(),
         run_id: run_id(started),
-        status: if outcome.interrupted { RunStatus::Interrupted } else { RunStatus::Completed },
+        status: if outcome.interrupted {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Completed
+        },
         started_at: rfc3339(started),
         duration_s: (outcome.ended - outcome.started).as_secs_f64(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        target: TargetInfo { url: cfg.url.clone(), api: cfg.api.to_string(), model: cfg.model.clone() },
+        target: TargetInfo {
+            url: cfg.url.clone(),
+            api: cfg.api.to_string(),
+            model: cfg.model.clone(),
+        },
         load: LoadInfo {
             mode: "closed".into(),
             concurrency: cfg.concurrency,
-            achieved_concurrency: if window > 0.0 { s.busy.as_secs_f64() / window } else { 0.0 },
+            achieved_concurrency: if window > 0.0 {
+                s.busy.as_secs_f64() / window
+            } else {
+                0.0
+            },
             peak_in_flight: outcome.peak_in_flight,
             warmup_requests: s.warmup,
             max_tokens: cfg.output_tokens,
@@ -126,7 +138,8 @@ fn run_id(t: time::OffsetDateTime) -> String {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn environment() -> Environment {
@@ -136,4 +149,3 @@ fn environment() -> Environment {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }
-

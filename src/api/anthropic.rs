@@ -61,7 +61,10 @@ impl Protocol for Anthropic {
             "model": req.model, "max_tokens": req.max_tokens, "stream": true,
             "messages": [{"role": "user", "content": req.prompt}],
         });
-        HttpRequestSpec { path: "/v1/messages".into(), body: body.to_string().into_bytes() }
+        HttpRequestSpec {
+            path: "/v1/messages".into(),
+            body: body.to_string().into_bytes(),
+        }
     }
 
     fn framing(&self) -> Framing {
@@ -79,13 +82,21 @@ impl Protocol for Anthropic {
             "message_start" => {
                 // message_start's output_tokens is a placeholder (≈1); only the input count is kept.
                 let u = ev.message.and_then(|m| m.usage);
-                out.usage = u.map(|u| Usage { input_tokens: u.input_tokens, output_tokens: None });
+                out.usage = u.map(|u| Usage {
+                    input_tokens: u.input_tokens,
+                    output_tokens: None,
+                });
             }
             "content_block_delta" => {
-                out.content = ev.delta.is_some_and(|d| has_text(&d.text) || has_text(&d.thinking));
+                out.content = ev
+                    .delta
+                    .is_some_and(|d| has_text(&d.text) || has_text(&d.thinking));
             }
             "message_delta" => {
-                out.usage = ev.usage.map(|u| Usage { input_tokens: u.input_tokens, output_tokens: u.output_tokens });
+                out.usage = ev.usage.map(|u| Usage {
+                    input_tokens: u.input_tokens,
+                    output_tokens: u.output_tokens,
+                });
             }
             "message_stop" => out.done = true,
             _ => {} // ping, content_block_start/stop and future event types
@@ -116,9 +127,18 @@ mod tests {
         let start = p
             .parse(Some("message_start"), r#"{"type":"message_start","message":{"usage":{"input_tokens":14,"output_tokens":1}}}"#)
             .unwrap();
-        assert_eq!(start.usage, Some(Usage { input_tokens: Some(14), output_tokens: None }));
+        assert_eq!(
+            start.usage,
+            Some(Usage {
+                input_tokens: Some(14),
+                output_tokens: None
+            })
+        );
         assert!(p.parse(None, r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#).unwrap().content);
-        assert_eq!(p.parse(None, r#"{"type": "ping"}"#).unwrap(), ParsedEvent::default());
+        assert_eq!(
+            p.parse(None, r#"{"type": "ping"}"#).unwrap(),
+            ParsedEvent::default()
+        );
         let d = p.parse(None, r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#).unwrap();
         assert_eq!(d.usage.unwrap().output_tokens, Some(9));
         assert!(p.parse(None, r#"{"type":"message_stop"}"#).unwrap().done);

@@ -76,7 +76,10 @@ impl Protocol for Cohere {
             "model": req.model, "stream": true, "max_tokens": req.max_tokens,
             "messages": [{"role": "user", "content": req.prompt}],
         });
-        HttpRequestSpec { path: "/v2/chat".into(), body: body.to_string().into_bytes() }
+        HttpRequestSpec {
+            path: "/v2/chat".into(),
+            body: body.to_string().into_bytes(),
+        }
     }
 
     fn framing(&self) -> Framing {
@@ -104,14 +107,24 @@ impl Protocol for Cohere {
                     .is_some_and(|c| has_text(&c.text));
             }
             "message-end" => {
-                if let Some(d) = ev.delta.as_ref().filter(|d| d.finish_reason.as_deref() == Some("ERROR")) {
-                    let msg = d.error.as_ref().map_or_else(|| "finish_reason ERROR".to_owned(), |e| e.to_string());
+                if let Some(d) = ev
+                    .delta
+                    .as_ref()
+                    .filter(|d| d.finish_reason.as_deref() == Some("ERROR"))
+                {
+                    let msg = d
+                        .error
+                        .as_ref()
+                        .map_or_else(|| "finish_reason ERROR".to_owned(), |e| e.to_string());
                     return Ok(ParsedEvent::error(&msg));
                 }
                 out.finished = true;
                 let u = ev.delta.and_then(|d| d.usage);
                 let counts = u.and_then(|u| u.tokens.or(u.billed_units));
-                out.usage = counts.map(|c| Usage { input_tokens: count(c.input_tokens), output_tokens: count(c.output_tokens) });
+                out.usage = counts.map(|c| Usage {
+                    input_tokens: count(c.input_tokens),
+                    output_tokens: count(c.output_tokens),
+                });
             }
             _ => {}
         }
@@ -136,9 +149,20 @@ mod tests {
             .parse(None, r#"{"type":"message-end","delta":{"finish_reason":"COMPLETE","usage":{"billed_units":{"input_tokens":6,"output_tokens":10},"tokens":{"input_tokens":497,"output_tokens":12}}}}"#)
             .unwrap();
         assert!(end.finished);
-        assert_eq!(end.usage, Some(Usage { input_tokens: Some(497), output_tokens: Some(12) }));
+        assert_eq!(
+            end.usage,
+            Some(Usage {
+                input_tokens: Some(497),
+                output_tokens: Some(12)
+            })
+        );
         assert!(p.parse(None, "[DONE]").unwrap().done);
-        let err = p.parse(None, r#"{"type":"message-end","delta":{"finish_reason":"ERROR","error":"boom"}}"#).unwrap();
+        let err = p
+            .parse(
+                None,
+                r#"{"type":"message-end","delta":{"finish_reason":"ERROR","error":"boom"}}"#,
+            )
+            .unwrap();
         assert!(err.error.unwrap().contains("boom"));
     }
 }

@@ -66,7 +66,10 @@ impl Protocol for Gemini {
             "generationConfig": {"maxOutputTokens": req.max_tokens},
         });
         HttpRequestSpec {
-            path: format!("/v1beta/models/{}:streamGenerateContent?alt=sse", encode_path(model)),
+            path: format!(
+                "/v1beta/models/{}:streamGenerateContent?alt=sse",
+                encode_path(model)
+            ),
             body: body.to_string().into_bytes(),
         }
     }
@@ -93,7 +96,12 @@ impl Protocol for Gemini {
                 (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
             },
         });
-        Ok(ParsedEvent { content, usage, finished, ..Default::default() })
+        Ok(ParsedEvent {
+            content,
+            usage,
+            finished,
+            ..Default::default()
+        })
     }
 
     fn key_env(&self) -> Option<&'static str> {
@@ -116,15 +124,34 @@ mod tests {
             .parse(None, r#"{"candidates": [{"content": {"parts": [{"text": "Hi"}],"role": "model"}}],"usageMetadata": {"promptTokenCount": 9,"totalTokenCount": 9}}"#)
             .unwrap();
         assert!(e.content && !e.finished);
-        assert_eq!(e.usage, Some(Usage { input_tokens: Some(9), output_tokens: None }));
+        assert_eq!(
+            e.usage,
+            Some(Usage {
+                input_tokens: Some(9),
+                output_tokens: None
+            })
+        );
         let last = p
             .parse(None, r#"{"candidates":[{"content":{"parts":[{"text":"."}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":12}}"#)
             .unwrap();
         assert!(last.finished);
         assert_eq!(last.usage.unwrap().output_tokens, Some(12));
-        let err = p.parse(None, r#"{"error":{"code":500,"message":"internal","status":"INTERNAL"}}"#).unwrap();
+        let err = p
+            .parse(
+                None,
+                r#"{"error":{"code":500,"message":"internal","status":"INTERNAL"}}"#,
+            )
+            .unwrap();
         assert!(err.error.is_some());
-        let spec = p.build(&GenRequest { model: "models/gemini-2.0-flash".into(), prompt: "p".into(), max_tokens: 5, ignore_eos: false });
-        assert_eq!(spec.path, "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse");
+        let spec = p.build(&GenRequest {
+            model: "models/gemini-2.0-flash".into(),
+            prompt: "p".into(),
+            max_tokens: 5,
+            ignore_eos: false,
+        });
+        assert_eq!(
+            spec.path,
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        );
     }
 }

@@ -204,12 +204,18 @@ pub struct ParsedEvent {
 impl ParsedEvent {
     /// An event that only reports an in-stream error.
     pub fn error(msg: &str) -> Self {
-        Self { error: Some(sample_text(msg, 300)), ..Default::default() }
+        Self {
+            error: Some(sample_text(msg, 300)),
+            ..Default::default()
+        }
     }
 
     /// An event that ends the stream.
     pub fn done() -> Self {
-        Self { done: true, ..Default::default() }
+        Self {
+            done: true,
+            ..Default::default()
+        }
     }
 }
 

@@ -52,7 +52,10 @@ impl Line<'_> {
     fn has_content(&self) -> bool {
         has_text(&self.response)
             || has_text(&self.thinking)
-            || self.message.as_ref().is_some_and(|m| has_text(&m.content) || has_text(&m.thinking))
+            || self
+                .message
+                .as_ref()
+                .is_some_and(|m| has_text(&m.content) || has_text(&m.thinking))
     }
 
     fn server(&self) -> ServerTimings {
@@ -72,11 +75,20 @@ impl Protocol for Ollama {
         let options = json!({"num_predict": req.max_tokens});
         let (path, body) = if self.chat {
             let msgs = json!([{"role": "user", "content": req.prompt}]);
-            ("/api/chat", json!({"model": req.model, "messages": msgs, "stream": true, "options": options}))
+            (
+                "/api/chat",
+                json!({"model": req.model, "messages": msgs, "stream": true, "options": options}),
+            )
         } else {
-            ("/api/generate", json!({"model": req.model, "prompt": req.prompt, "stream": true, "options": options}))
+            (
+                "/api/generate",
+                json!({"model": req.model, "prompt": req.prompt, "stream": true, "options": options}),
+            )
         };
-        HttpRequestSpec { path: path.into(), body: body.to_string().into_bytes() }
+        HttpRequestSpec {
+            path: path.into(),
+            body: body.to_string().into_bytes(),
+        }
     }
 
     fn framing(&self) -> Framing {
@@ -89,10 +101,16 @@ impl Protocol for Ollama {
             let msg = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
             return Ok(ParsedEvent::error(&msg));
         }
-        let mut ev = ParsedEvent { content: line.has_content(), ..Default::default() };
+        let mut ev = ParsedEvent {
+            content: line.has_content(),
+            ..Default::default()
+        };
         if line.done {
             ev.done = true;
-            ev.usage = Some(Usage { input_tokens: line.prompt_eval_count, output_tokens: line.eval_count });
+            ev.usage = Some(Usage {
+                input_tokens: line.prompt_eval_count,
+                output_tokens: line.eval_count,
+            });
             ev.server = Some(line.server());
         }
         Ok(ev)
@@ -116,10 +134,24 @@ mod tests {
         assert!(e.done && !e.content);
         assert_eq!(e.usage.unwrap().output_tokens, Some(11));
         let s = e.server.unwrap();
-        assert_eq!((s.prompt_tokens, s.decode_ns, s.load_ns), (Some(31), Some(224_000_000), Some(19_384_208)));
-        assert!(p.parse(None, r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#).unwrap().content);
+        assert_eq!(
+            (s.prompt_tokens, s.decode_ns, s.load_ns),
+            (Some(31), Some(224_000_000), Some(19_384_208))
+        );
+        assert!(
+            p.parse(
+                None,
+                r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#
+            )
+            .unwrap()
+            .content
+        );
         let g = Ollama { chat: false };
-        assert!(g.parse(None, r#"{"response":"Hi","done":false}"#).unwrap().content);
+        assert!(
+            g.parse(None, r#"{"response":"Hi","done":false}"#)
+                .unwrap()
+                .content
+        );
         let err = p.parse(None, r#"{"error":"model 'x' not found"}"#).unwrap();
         assert!(err.error.unwrap().contains("not found"));
     }

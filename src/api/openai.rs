@@ -39,7 +39,8 @@ struct LlamaTimings {
 }
 
 fn ms_to_ns(ms: Option<f64>) -> Option<u64> {
-    ms.filter(|v| v.is_finite() && *v >= 0.0).map(|v| (v * 1e6) as u64)
+    ms.filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| (v * 1e6) as u64)
 }
 
 impl LlamaTimings {
@@ -215,7 +216,10 @@ mod tests {
     #[test]
     fn role_only_chunk_is_not_content() {
         let e = CHAT
-            .parse(None, r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#)
+            .parse(
+                None,
+                r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+            )
             .unwrap();
         assert!(!e.content);
     }
@@ -223,7 +227,10 @@ mod tests {
     #[test]
     fn content_and_usage_are_read() {
         let e = CHAT
-            .parse(None, r#"{"choices":[{"delta":{"content":"Hi"}}],"usage":null}"#)
+            .parse(
+                None,
+                r#"{"choices":[{"delta":{"content":"Hi"}}],"usage":null}"#,
+            )
             .unwrap();
         assert!(e.content);
         let u = CHAT
@@ -236,7 +243,10 @@ mod tests {
     #[test]
     fn error_object_is_an_error_not_content() {
         let e = CHAT
-            .parse(None, r#"{"error":{"message":"boom","type":"server_error"}}"#)
+            .parse(
+                None,
+                r#"{"error":{"message":"boom","type":"server_error"}}"#,
+            )
             .unwrap();
         assert!(e.error.unwrap().contains("boom"));
         assert!(CHAT.parse(None, "{not json").is_err());
@@ -245,7 +255,11 @@ mod tests {
     #[test]
     fn completions_text_counts() {
         let p = OpenAi { chat: false };
-        assert!(p.parse(None, r#"{"choices":[{"text":" a"}]}"#).unwrap().content);
+        assert!(
+            p.parse(None, r#"{"choices":[{"text":" a"}]}"#)
+                .unwrap()
+                .content
+        );
         let spec = p.build(&GenRequest {
             model: "m".into(),
             prompt: "p".into(),

@@ -52,7 +52,10 @@ impl Protocol for Tgi {
             "inputs": req.prompt,
             "parameters": {"max_new_tokens": req.max_tokens, "details": true, "do_sample": false},
         });
-        HttpRequestSpec { path: "/generate_stream".into(), body: body.to_string().into_bytes() }
+        HttpRequestSpec {
+            path: "/generate_stream".into(),
+            body: body.to_string().into_bytes(),
+        }
     }
 
     fn framing(&self) -> Framing {
@@ -69,8 +72,16 @@ impl Protocol for Tgi {
             .token
             .as_ref()
             .is_some_and(|t| !t.special && super::has_text(&t.text));
-        let usage = ev.details.map(|d| Usage { input_tokens: d.input_length, output_tokens: d.generated_tokens });
-        Ok(ParsedEvent { content, usage, done: ev.generated_text.is_some(), ..Default::default() })
+        let usage = ev.details.map(|d| Usage {
+            input_tokens: d.input_length,
+            output_tokens: d.generated_tokens,
+        });
+        Ok(ParsedEvent {
+            content,
+            usage,
+            done: ev.generated_text.is_some(),
+            ..Default::default()
+        })
     }
 
     fn key_env(&self) -> Option<&'static str> {
@@ -97,8 +108,16 @@ mod tests {
             .parse(None, r#"{"index":3,"token":{"id":5,"text":"b","special":false},"generated_text":"a b","details":{"finish_reason":"length","generated_tokens":3,"seed":null,"input_length":7}}"#)
             .unwrap();
         assert!(last.done && last.content);
-        assert_eq!(last.usage, Some(Usage { input_tokens: Some(7), output_tokens: Some(3) }));
-        let err = t.parse(None, r#"{"error":"OOM","error_type":"generation"}"#).unwrap();
+        assert_eq!(
+            last.usage,
+            Some(Usage {
+                input_tokens: Some(7),
+                output_tokens: Some(3)
+            })
+        );
+        let err = t
+            .parse(None, r#"{"error":"OOM","error_type":"generation"}"#)
+            .unwrap();
         assert_eq!(err.error.as_deref(), Some("generation: OOM"));
     }
 }

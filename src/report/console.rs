@@ -13,11 +13,18 @@ pub fn render(r: &RunReport) -> String {
         RunStatus::Interrupted => "INTERRUPTED (partial results)",
     };
     let _ = writeln!(s, "throtl run {} — {status}", r.run_id);
-    let _ = writeln!(s, "  target      {} ({}, model '{}')", r.target.url, r.target.api, r.target.model);
+    let _ = writeln!(
+        s,
+        "  target      {} ({}, model '{}')",
+        r.target.url, r.target.api, r.target.model
+    );
     let _ = writeln!(
         s,
         "  load        closed loop, concurrency {} (achieved {:.1}, peak {}), {} warmup excluded",
-        r.load.concurrency, r.load.achieved_concurrency, r.load.peak_in_flight, r.load.warmup_requests
+        r.load.concurrency,
+        r.load.achieved_concurrency,
+        r.load.peak_in_flight,
+        r.load.warmup_requests
     );
     let _ = writeln!(
         s,
@@ -25,18 +32,26 @@ pub fn render(r: &RunReport) -> String {
         r.requests.ok, r.requests.failed, r.requests.cancelled, r.throughput.window_s
     );
     for (class, n) in &r.requests.errors {
-        let sample = r.requests.error_samples.get(class).map_or("", String::as_str);
+        let sample = r
+            .requests
+            .error_samples
+            .get(class)
+            .map_or("", String::as_str);
         let _ = writeln!(s, "    {class:<12} {n:>6}  {sample}");
     }
     let _ = writeln!(
         s,
         "  throughput  {:.2} req/s, {:.1} output tok/s, {:.1} total tok/s",
-        r.throughput.requests_per_s, r.throughput.output_tokens_per_s, r.throughput.total_tokens_per_s
+        r.throughput.requests_per_s,
+        r.throughput.output_tokens_per_s,
+        r.throughput.total_tokens_per_s
     );
     let _ = writeln!(
         s,
         "  tokens      {} in, {} out (output counted from {})",
-        r.tokens.input_total, r.tokens.output_total, source_words(&r.tokens.source)
+        r.tokens.input_total,
+        r.tokens.output_total,
+        source_words(&r.tokens.source)
     );
     server_line(&mut s, r);
     let _ = writeln!(s);

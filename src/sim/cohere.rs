@@ -16,7 +16,8 @@ use super::SimState;
 
 /// Adds the chat and model-list routes.
 pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
-    r.route("/v2/chat", post(chat)).route("/v1/models", get(models))
+    r.route("/v2/chat", post(chat))
+        .route("/v1/models", get(models))
 }
 
 struct CohereFormat {
@@ -37,27 +38,46 @@ fn usage(o: &Outcome) -> Value {
 }
 
 fn finish_reason(o: &Outcome) -> &'static str {
-    if o.hit_limit() { "MAX_TOKENS" } else { "COMPLETE" }
+    if o.hit_limit() {
+        "MAX_TOKENS"
+    } else {
+        "COMPLETE"
+    }
 }
 
 impl StreamFormat for CohereFormat {
     fn start(&mut self, out: &mut String, _r: &SimRequest) {
         let msg = json!({"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []});
-        event(out, &json!({"id": self.id, "type": "message-start", "delta": {"message": msg}}));
-        event(out, &json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}));
+        event(
+            out,
+            &json!({"id": self.id, "type": "message-start", "delta": {"message": msg}}),
+        );
+        event(
+            out,
+            &json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+        );
     }
 
     fn token(&mut self, out: &mut String, _k: u32, text: &str, _last: bool) {
-        event(out, &json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": text}}}}));
+        event(
+            out,
+            &json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": text}}}}),
+        );
     }
 
     fn end(&mut self, out: &mut String, o: &Outcome) {
         event(out, &json!({"type": "content-end", "index": 0}));
-        event(out, &json!({"type": "message-end", "delta": {"finish_reason": finish_reason(o), "usage": usage(o)}}));
+        event(
+            out,
+            &json!({"type": "message-end", "delta": {"finish_reason": finish_reason(o), "usage": usage(o)}}),
+        );
     }
 
     fn fail(&mut self, out: &mut String, msg: &str) {
-        event(out, &json!({"type": "message-end", "delta": {"finish_reason": "ERROR", "error": msg}}));
+        event(
+            out,
+            &json!({"type": "message-end", "delta": {"finish_reason": "ERROR", "error": msg}}),
+        );
     }
 
     fn whole(&self, text: &str, o: &Outcome) -> Value {
@@ -76,10 +96,18 @@ impl StreamFormat for CohereFormat {
 async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"message": format!("invalid JSON: {e}")}))).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"message": format!("invalid JSON: {e}")})),
+            )
+                .into_response()
+        }
     };
     let req = SimRequest {
-        prompt_tokens: v["messages"].as_array().map_or(0, |m| m.iter().map(|m| count_words(&m["content"])).sum()),
+        prompt_tokens: v["messages"]
+            .as_array()
+            .map_or(0, |m| m.iter().map(|m| count_words(&m["content"])).sum()),
         max_tokens: u32_or(&v["max_tokens"], st.cfg.default_output_tokens),
         stream: v["stream"].as_bool().unwrap_or(false),
     };

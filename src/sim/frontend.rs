@@ -37,7 +37,9 @@ pub(crate) fn count_words(v: &Value) -> u32 {
             .map(|p| match p {
                 Value::String(s) => s.split_whitespace().count(),
                 Value::Object(_) => {
-                    let text = p["text"].as_str().map_or(0, |s| s.split_whitespace().count());
+                    let text = p["text"]
+                        .as_str()
+                        .map_or(0, |s| s.split_whitespace().count());
                     text + count_words(&p["content"]) as usize + count_words(&p["parts"]) as usize
                 }
                 _ => 0,
@@ -50,18 +52,23 @@ pub(crate) fn count_words(v: &Value) -> u32 {
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A request id unique enough for a simulator.
 pub(crate) fn new_id(prefix: &str) -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{prefix}{:x}{:08x}", d.as_secs(), d.subsec_nanos())
 }
 
 /// A `u32` from a JSON number, or `default`.
 pub(crate) fn u32_or(v: &Value, default: u32) -> u32 {
-    v.as_u64().map_or(default, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    v.as_u64()
+        .map_or(default, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// The protocol-neutral part of a generation request.
@@ -128,9 +135,17 @@ pub(crate) trait StreamFormat: Send + 'static {
 }
 
 /// Admits `req` and answers it in `fmt`'s protocol, streamed or whole.
-pub(crate) async fn respond<F: StreamFormat>(st: Arc<SimState>, req: SimRequest, fmt: F) -> Response {
+pub(crate) async fn respond<F: StreamFormat>(
+    st: Arc<SimState>,
+    req: SimRequest,
+    fmt: F,
+) -> Response {
     let arrival = Instant::now();
-    let admission = Admission { prompt_tokens: req.prompt_tokens, max_tokens: req.max_tokens, arrival };
+    let admission = Admission {
+        prompt_tokens: req.prompt_tokens,
+        max_tokens: req.max_tokens,
+        arrival,
+    };
     let gen = match st.model.admit(admission) {
         Ok(g) => g,
         Err(r) => return rejection(&fmt, &r),
@@ -156,7 +171,11 @@ fn rejection<F: StreamFormat>(fmt: &F, r: &Rejection) -> Response {
 
 /// What a front-end is told at each step of a generation.
 enum Step {
-    Token { k: u32, text: &'static str, last: bool },
+    Token {
+        k: u32,
+        text: &'static str,
+        last: bool,
+    },
     End(Outcome),
     Fail(String),
 }
@@ -175,7 +194,15 @@ struct Steps<'a> {
 
 impl<'a> Steps<'a> {
     fn new(st: &'a SimState, req: &'a SimRequest, gen: Generation, arrival: Instant) -> Self {
-        Self { st, req, gen, arrival, k: 0, first: None, over: false }
+        Self {
+            st,
+            req,
+            gen,
+            arrival,
+            k: 0,
+            first: None,
+            over: false,
+        }
     }
 
     async fn next(&mut self) -> Option<Step> {
@@ -191,7 +218,11 @@ impl<'a> Steps<'a> {
                 self.st.metrics.token();
                 let k = self.k;
                 self.k += 1;
-                Some(Step::Token { k, text: word(k), last: self.k == self.req.max_tokens })
+                Some(Step::Token {
+                    k,
+                    text: word(k),
+                    last: self.k == self.req.max_tokens,
+                })
             }
             Some(GenEvent::Fail(msg)) => {
                 self.over = true;
@@ -215,11 +246,19 @@ impl<'a> Steps<'a> {
     /// Records the request's end; `finished` is false for failures and
     /// clients that went away.
     fn close(self, finished: bool) {
-        self.st.metrics.end_request(self.arrival.elapsed(), finished);
+        self.st
+            .metrics
+            .end_request(self.arrival.elapsed(), finished);
     }
 }
 
-async fn whole<F: StreamFormat>(st: Arc<SimState>, req: SimRequest, gen: Generation, arrival: Instant, fmt: F) -> Response {
+async fn whole<F: StreamFormat>(
+    st: Arc<SimState>,
+    req: SimRequest,
+    gen: Generation,
+    arrival: Instant,
+    fmt: F,
+) -> Response {
     let mut text = String::new();
     let mut steps = Steps::new(&st, &req, gen, arrival);
     while let Some(step) = steps.next().await {
@@ -236,10 +275,19 @@ async fn whole<F: StreamFormat>(st: Arc<SimState>, req: SimRequest, gen: Generat
         }
     }
     steps.close(false);
-    fmt.error_response(StatusCode::INTERNAL_SERVER_ERROR, "generation ended without a result")
+    fmt.error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "generation ended without a result",
+    )
 }
 
-fn stream<F: StreamFormat>(st: Arc<SimState>, req: SimRequest, gen: Generation, arrival: Instant, fmt: F) -> Response {
+fn stream<F: StreamFormat>(
+    st: Arc<SimState>,
+    req: SimRequest,
+    gen: Generation,
+    arrival: Instant,
+    fmt: F,
+) -> Response {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let content_type = fmt.content_type();
     tokio::spawn(produce(st, req, gen, arrival, fmt, tx));

@@ -17,7 +17,8 @@ use super::SimState;
 
 /// Adds the Gemini generation and model-list routes.
 pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
-    r.route("/v1beta/models", get(models)).route("/v1beta/models/{*action}", post(generate))
+    r.route("/v1beta/models", get(models))
+        .route("/v1beta/models/{*action}", post(generate))
 }
 
 struct GeminiFormat {
@@ -47,7 +48,11 @@ impl GeminiFormat {
 }
 
 fn finish_reason(o: &Outcome) -> &'static str {
-    if o.hit_limit() { "MAX_TOKENS" } else { "STOP" }
+    if o.hit_limit() {
+        "MAX_TOKENS"
+    } else {
+        "STOP"
+    }
 }
 
 impl StreamFormat for GeminiFormat {
@@ -60,7 +65,10 @@ impl StreamFormat for GeminiFormat {
     }
 
     fn fail(&mut self, out: &mut String, msg: &str) {
-        Self::push(out, &json!({"error": {"code": 500, "message": msg, "status": "INTERNAL"}}));
+        Self::push(
+            out,
+            &json!({"error": {"code": 500, "message": msg, "status": "INTERNAL"}}),
+        );
     }
 
     fn whole(&self, text: &str, o: &Outcome) -> Value {
@@ -75,7 +83,11 @@ impl StreamFormat for GeminiFormat {
             503 => "UNAVAILABLE",
             _ => "INTERNAL",
         };
-        (status, Json(json!({"error": {"code": status.as_u16(), "message": msg, "status": name}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": status.as_u16(), "message": msg, "status": name}})),
+        )
+            .into_response()
     }
 }
 
@@ -95,22 +107,39 @@ async fn generate(
     };
     if stream && q.get("alt").map(String::as_str) != Some("sse") {
         let msg = "the simulator streams only with ?alt=sse";
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": 400, "message": msg, "status": "INVALID_ARGUMENT"}}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"code": 400, "message": msg, "status": "INVALID_ARGUMENT"}})),
+        )
+            .into_response();
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let prompt_tokens = v["contents"].as_array().map_or(0, |c| c.iter().map(|c| count_words(&c["parts"])).sum());
+    let prompt_tokens = v["contents"]
+        .as_array()
+        .map_or(0, |c| c.iter().map(|c| count_words(&c["parts"])).sum());
     let req = SimRequest {
         prompt_tokens,
-        max_tokens: u32_or(&v["generationConfig"]["maxOutputTokens"], st.cfg.default_output_tokens),
+        max_tokens: u32_or(
+            &v["generationConfig"]["maxOutputTokens"],
+            st.cfg.default_output_tokens,
+        ),
         stream,
     };
-    let fmt = GeminiFormat { model: model.to_owned(), id: new_id(""), prompt_tokens };
+    let fmt = GeminiFormat {
+        model: model.to_owned(),
+        id: new_id(""),
+        prompt_tokens,
+    };
     respond(st, req, fmt).await
 }
 
 fn not_found(action: &str) -> Response {
     let msg = format!("models/{action} is not found or not supported");
-    (StatusCode::NOT_FOUND, Json(json!({"error": {"code": 404, "message": msg, "status": "NOT_FOUND"}}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"code": 404, "message": msg, "status": "NOT_FOUND"}})),
+    )
+        .into_response()
 }
 
 async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {

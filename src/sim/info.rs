@@ -35,7 +35,10 @@ pub(super) fn metric_names(f: EngineFlavor) -> Option<MetricNames> {
 pub(super) fn routes(r: Router<Arc<SimState>>, f: EngineFlavor) -> Router<Arc<SimState>> {
     match f {
         EngineFlavor::Vllm => r
-            .route("/version", get(|| async { Json(json!({"version": VLLM_VERSION})) }))
+            .route(
+                "/version",
+                get(|| async { Json(json!({"version": VLLM_VERSION})) }),
+            )
             .route("/health", get(|| async { "" })),
         EngineFlavor::Sglang => r
             .route("/get_model_info", get(sglang_model_info))
@@ -51,13 +54,17 @@ pub(super) fn routes(r: Router<Arc<SimState>>, f: EngineFlavor) -> Router<Arc<Si
 }
 
 async fn sglang_model_info(State(st): State<Arc<SimState>>) -> Json<Value> {
-    Json(json!({"model_path": st.cfg.model, "tokenizer_path": st.cfg.model, "is_generation": true,
-                "preferred_sampling_params": null, "weight_version": "default"}))
+    Json(
+        json!({"model_path": st.cfg.model, "tokenizer_path": st.cfg.model, "is_generation": true,
+                "preferred_sampling_params": null, "weight_version": "default"}),
+    )
 }
 
 async fn sglang_server_info(State(st): State<Arc<SimState>>) -> Json<Value> {
-    Json(json!({"model_path": st.cfg.model, "served_model_name": st.cfg.model, "tp_size": 1,
-                "internal_states": [{"last_gen_throughput": 0.0}], "version": SGLANG_VERSION}))
+    Json(
+        json!({"model_path": st.cfg.model, "served_model_name": st.cfg.model, "tp_size": 1,
+                "internal_states": [{"last_gen_throughput": 0.0}], "version": SGLANG_VERSION}),
+    )
 }
 
 async fn llamacpp_props(State(st): State<Arc<SimState>>) -> Json<Value> {
@@ -69,13 +76,18 @@ async fn llamacpp_props(State(st): State<Arc<SimState>>) -> Json<Value> {
 }
 
 /// Adds the engine's response headers (llama.cpp names itself in `Server`).
-pub(super) async fn engine_headers(State(st): State<Arc<SimState>>, mut resp: Response) -> Response {
+pub(super) async fn engine_headers(
+    State(st): State<Arc<SimState>>,
+    mut resp: Response,
+) -> Response {
     match st.cfg.engine {
         EngineFlavor::Llamacpp => {
-            resp.headers_mut().insert("server", HeaderValue::from_static("llama.cpp"));
+            resp.headers_mut()
+                .insert("server", HeaderValue::from_static("llama.cpp"));
         }
         EngineFlavor::Vllm | EngineFlavor::Sglang => {
-            resp.headers_mut().insert("server", HeaderValue::from_static("uvicorn"));
+            resp.headers_mut()
+                .insert("server", HeaderValue::from_static("uvicorn"));
         }
         _ => {}
     }

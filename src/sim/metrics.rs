@@ -50,9 +50,16 @@ impl PromHistogram {
         let sep = if labels.is_empty() { "" } else { "," };
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b:?}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b:?}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
         let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
     }
@@ -118,16 +125,74 @@ impl SimMetrics {
     /// Prometheus text exposition under another engine's names; metrics the
     /// engine does not have (`None`) are left out.
     pub fn render_as(&self, model: &str, n: &MetricNames) -> String {
-        let labels = if n.labelled { format!("model_name=\"{}\"", escape_label(model)) } else { String::new() };
+        let labels = if n.labelled {
+            format!("model_name=\"{}\"", escape_label(model))
+        } else {
+            String::new()
+        };
         let mut out = String::with_capacity(4096);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        if let Some(name) = n.running { gauge(&mut out, name, "Number of requests in model execution batches.", &labels, self.running.load(Ordering::Relaxed)); }
-        if let Some(name) = n.waiting { gauge(&mut out, name, "Number of requests waiting to be processed.", &labels, self.waiting.load(Ordering::Relaxed)); }
-        if let Some(name) = n.prompt_tokens { counter(&mut out, name, "Number of prefill tokens processed.", &labels, load(&self.prompt_tokens)); }
-        if let Some(name) = n.generation_tokens { counter(&mut out, name, "Number of generation tokens processed.", &labels, load(&self.generation_tokens)); }
-        if let Some(name) = n.success { counter(&mut out, name, "Count of successfully processed requests.", &labels, load(&self.success)); }
-        if let Some(name) = n.ttft { lock(&self.ttft).render(&mut out, name, "Histogram of time to first token in seconds.", &labels); }
-        if let Some(name) = n.e2e { lock(&self.e2e).render(&mut out, name, "Histogram of e2e request latency in seconds.", &labels); }
+        if let Some(name) = n.running {
+            gauge(
+                &mut out,
+                name,
+                "Number of requests in model execution batches.",
+                &labels,
+                self.running.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(name) = n.waiting {
+            gauge(
+                &mut out,
+                name,
+                "Number of requests waiting to be processed.",
+                &labels,
+                self.waiting.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(name) = n.prompt_tokens {
+            counter(
+                &mut out,
+                name,
+                "Number of prefill tokens processed.",
+                &labels,
+                load(&self.prompt_tokens),
+            );
+        }
+        if let Some(name) = n.generation_tokens {
+            counter(
+                &mut out,
+                name,
+                "Number of generation tokens processed.",
+                &labels,
+                load(&self.generation_tokens),
+            );
+        }
+        if let Some(name) = n.success {
+            counter(
+                &mut out,
+                name,
+                "Count of successfully processed requests.",
+                &labels,
+                load(&self.success),
+            );
+        }
+        if let Some(name) = n.ttft {
+            lock(&self.ttft).render(
+                &mut out,
+                name,
+                "Histogram of time to first token in seconds.",
+                &labels,
+            );
+        }
+        if let Some(name) = n.e2e {
+            lock(&self.e2e).render(
+                &mut out,
+                name,
+                "Histogram of e2e request latency in seconds.",
+                &labels,
+            );
+        }
         out
     }
 }
@@ -206,20 +271,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, labels: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{} {v}", braces(labels));
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{} {v}",
+        braces(labels)
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, labels: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{} {v}", braces(labels));
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{} {v}",
+        braces(labels)
+    );
 }
 
 /// `{labels}`, or nothing for unlabelled series.
 fn braces(labels: &str) -> String {
-    if labels.is_empty() { String::new() } else { format!("{{{labels}}}") }
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    }
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -235,13 +314,21 @@ mod tests {
         m.end_request(Duration::from_millis(900), true);
         let text = m.render("m");
         assert!(text.contains("vllm:prompt_tokens_total{model_name=\"m\"} 10"));
-        assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.1\"} 1"));
-        assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.5\"} 2"));
-        assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 2"));
+        assert!(
+            text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.1\"} 1")
+        );
+        assert!(
+            text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.5\"} 2")
+        );
+        assert!(text
+            .contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 2"));
         assert!(text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"m\"} 1"));
         assert!(text.contains("vllm:num_requests_running{model_name=\"m\"} 0"));
         let tgi = m.render_as("m", &MetricNames::TGI);
-        assert!(tgi.contains("tgi_request_duration_bucket{le=\"+Inf\"} 1"), "{tgi}");
+        assert!(
+            tgi.contains("tgi_request_duration_bucket{le=\"+Inf\"} 1"),
+            "{tgi}"
+        );
         assert!(tgi.contains("tgi_queue_size 0") && !tgi.contains("vllm:"));
         let l = m.render_as("m", &MetricNames::LLAMACPP);
         assert!(l.contains("llamacpp:prompt_tokens_total 10") && !l.contains("_bucket"));

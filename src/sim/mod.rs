@@ -155,11 +155,10 @@ impl Drop for SimHandle {
 /// competes with the caller's runtime for scheduling. Returns once bound.
 pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     let requested = SocketAddr::new(cfg.host, cfg.port);
-    let listener =
-        std::net::TcpListener::bind(requested).map_err(|source| SimError::Bind {
-            addr: requested,
-            source,
-        })?;
+    let listener = std::net::TcpListener::bind(requested).map_err(|source| SimError::Bind {
+        addr: requested,
+        source,
+    })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -167,8 +166,16 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .thread_name("throtl-sim")
         .enable_all()
         .build()?;
-    let model = Box::new(FixedDelay { ttft: cfg.ttft, itl: cfg.itl, timer: PreciseTimer::start()? });
-    let state = Arc::new(SimState { cfg, metrics: SimMetrics::default(), model });
+    let model = Box::new(FixedDelay {
+        ttft: cfg.ttft,
+        itl: cfg.itl,
+        timer: PreciseTimer::start()?,
+    });
+    let state = Arc::new(SimState {
+        cfg,
+        metrics: SimMetrics::default(),
+        model,
+    });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("throtl-sim-main".into())
@@ -209,8 +216,11 @@ fn router(state: Arc<SimState>) -> Router {
     if info::metric_names(flavor).is_some() {
         r = r.route("/metrics", get(metrics_text));
     }
-    r.layer(axum::middleware::map_response_with_state(state.clone(), info::engine_headers))
-        .with_state(state)
+    r.layer(axum::middleware::map_response_with_state(
+        state.clone(),
+        info::engine_headers,
+    ))
+    .with_state(state)
 }
 
 async fn metrics_text(

@@ -22,14 +22,19 @@ const VERSION: &str = "0.12.6";
 pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
     r.route("/api/chat", post(chat))
         .route("/api/generate", post(generate))
-        .route("/api/version", get(|| async { Json(json!({"version": VERSION})) }))
+        .route(
+            "/api/version",
+            get(|| async { Json(json!({"version": VERSION})) }),
+        )
         .route("/api/tags", get(tags))
         .route("/api/ps", get(ps))
         .route("/", get(|| async { "Ollama is running" }))
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 struct OllamaFormat {
@@ -99,11 +104,24 @@ impl StreamFormat for OllamaFormat {
     }
 }
 
-fn parse(st: &SimState, body: &[u8], chat: bool) -> Result<(SimRequest, OllamaFormat), Response> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, Json(json!({"error": format!("invalid JSON: {e}")}))).into_response())?;
+fn parse(
+    st: &SimState,
+    body: &[u8],
+    chat: bool,
+) -> Result<(SimRequest, OllamaFormat), Box<Response>> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("invalid JSON: {e}")})),
+            )
+                .into_response(),
+        )
+    })?;
     let prompt_tokens = if chat {
-        v["messages"].as_array().map_or(0, |m| m.iter().map(|m| count_words(&m["content"])).sum())
+        v["messages"]
+            .as_array()
+            .map_or(0, |m| m.iter().map(|m| count_words(&m["content"])).sum())
     } else {
         count_words(&v["prompt"])
     };
@@ -119,14 +137,14 @@ fn parse(st: &SimState, body: &[u8], chat: bool) -> Result<(SimRequest, OllamaFo
 async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     match parse(&st, &body, true) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     match parse(&st, &body, false) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 

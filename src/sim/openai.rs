@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::frontend::{count_words, new_id, respond, u32_or, unix_now, Outcome, SimRequest, StreamFormat};
+use super::frontend::{
+    count_words, new_id, respond, u32_or, unix_now, Outcome, SimRequest, StreamFormat,
+};
 use super::{EngineFlavor, SimState};
 
 /// Adds `/v1/chat/completions`, `/v1/completions` and `/v1/models`.
@@ -24,7 +26,10 @@ pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
 
 /// Adds Azure OpenAI's deployment route.
 pub(super) fn azure_routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
-    r.route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+    r.route(
+        "/openai/deployments/{deployment}/chat/completions",
+        post(azure_chat),
+    )
 }
 
 /// One OpenAI-style stream.
@@ -42,7 +47,9 @@ impl OpenAiFormat {
         let prefix = if chat { "chatcmpl-" } else { "cmpl-" };
         Self {
             chat,
-            include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+            include_usage: v["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false),
             flavor: st.cfg.engine,
             id: new_id(prefix),
             created: unix_now(),
@@ -80,7 +87,13 @@ fn usage_json(o: &Outcome) -> Value {
 fn llamacpp_timings(o: &Outcome) -> Value {
     let prompt_ms = Outcome::ns(o.arrival, o.first) as f64 / 1e6;
     let predicted_ms = Outcome::ns(o.first, o.end) as f64 / 1e6;
-    let per_s = |n: u32, ms: f64| if ms > 0.0 { f64::from(n) * 1000.0 / ms } else { 0.0 };
+    let per_s = |n: u32, ms: f64| {
+        if ms > 0.0 {
+            f64::from(n) * 1000.0 / ms
+        } else {
+            0.0
+        }
+    };
     json!({
         "cache_n": 0, "prompt_n": o.prompt_tokens, "prompt_ms": prompt_ms,
         "prompt_per_token_ms": if o.prompt_tokens > 0 { prompt_ms / f64::from(o.prompt_tokens) } else { 0.0 },
@@ -94,7 +107,11 @@ fn llamacpp_timings(o: &Outcome) -> Value {
 impl StreamFormat for OpenAiFormat {
     fn start(&mut self, out: &mut String, _r: &SimRequest) {
         if self.chat {
-            let content = if self.flavor == EngineFlavor::Llamacpp { Value::Null } else { json!("") };
+            let content = if self.flavor == EngineFlavor::Llamacpp {
+                Value::Null
+            } else {
+                json!("")
+            };
             let choice = json!([{"index": 0, "delta": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": null}]);
             self.push(out, choice, None);
         }
@@ -157,19 +174,31 @@ impl StreamFormat for OpenAiFormat {
 }
 
 fn bad_request(msg: &str) -> Response {
-    let body = json!({"error": {"message": msg, "type": "BadRequestError", "param": null, "code": 400}});
+    let body =
+        json!({"error": {"message": msg, "type": "BadRequestError", "param": null, "code": 400}});
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
-fn parse(st: &SimState, body: &[u8], chat: bool) -> Result<(SimRequest, OpenAiFormat), Response> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
+fn parse(
+    st: &SimState,
+    body: &[u8],
+    chat: bool,
+) -> Result<(SimRequest, OpenAiFormat), Box<Response>> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(&format!("invalid JSON body: {e}"))))?;
     let prompt_tokens = if chat {
-        let msgs = v["messages"].as_array().ok_or_else(|| bad_request("'messages' must be an array"))?;
+        let msgs = v["messages"]
+            .as_array()
+            .ok_or_else(|| Box::new(bad_request("'messages' must be an array")))?;
         msgs.iter().map(|m| count_words(&m["content"])).sum()
     } else {
         count_words(&v["prompt"])
     };
-    let limit = if v["max_completion_tokens"].is_u64() { &v["max_completion_tokens"] } else { &v["max_tokens"] };
+    let limit = if v["max_completion_tokens"].is_u64() {
+        &v["max_completion_tokens"]
+    } else {
+        &v["max_tokens"]
+    };
     let req = SimRequest {
         prompt_tokens,
         max_tokens: u32_or(limit, st.cfg.default_output_tokens),
@@ -181,7 +210,7 @@ fn parse(st: &SimState, body: &[u8], chat: bool) -> Result<(SimRequest, OpenAiFo
 async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
     match parse(&st, body, chat) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 
@@ -210,7 +239,7 @@ async fn azure_chat(
             fmt.model = deployment;
             respond(st, req, fmt).await
         }
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 

@@ -49,7 +49,8 @@ impl StreamFormat for TgiFormat {
     fn token(&mut self, out: &mut String, k: u32, text: &str, last: bool) {
         self.text.push_str(text);
         let token = json!({"id": token_id(k), "text": text, "logprob": -0.25, "special": false});
-        let mut ev = json!({"index": k + 1, "token": token, "generated_text": null, "details": null});
+        let mut ev =
+            json!({"index": k + 1, "token": token, "generated_text": null, "details": null});
         if last {
             // The final token carries the whole text (and details): TGI's end marker.
             ev["generated_text"] = json!(self.text);
@@ -67,7 +68,11 @@ impl StreamFormat for TgiFormat {
         }
         // Stopped before the limit: an end-of-sequence (special) token ends it.
         let token = json!({"id": 2, "text": "</s>", "logprob": -0.1, "special": true});
-        let details = if self.details { self.details(o, "eos_token") } else { Value::Null };
+        let details = if self.details {
+            self.details(o, "eos_token")
+        } else {
+            Value::Null
+        };
         let ev = json!({"index": o.tokens + 1, "token": token, "generated_text": self.text, "details": details});
         Self::event(out, &ev);
     }
@@ -86,14 +91,30 @@ impl StreamFormat for TgiFormat {
     }
 
     fn error_response(&self, status: StatusCode, msg: &str) -> Response {
-        let kind = if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE { "overloaded" } else { "validation" };
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            "overloaded"
+        } else {
+            "validation"
+        };
         (status, Json(json!({"error": msg, "error_type": kind}))).into_response()
     }
 }
 
-fn parse(st: &SimState, body: &[u8], stream: bool) -> Result<(SimRequest, TgiFormat), Response> {
+fn parse(
+    st: &SimState,
+    body: &[u8],
+    stream: bool,
+) -> Result<(SimRequest, TgiFormat), Box<Response>> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"error": format!("invalid JSON: {e}"), "error_type": "validation"}))).into_response()
+        Box::new(
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": format!("invalid JSON: {e}"), "error_type": "validation"})),
+            )
+                .into_response(),
+        )
     })?;
     let p = &v["parameters"];
     let req = SimRequest {
@@ -101,31 +122,37 @@ fn parse(st: &SimState, body: &[u8], stream: bool) -> Result<(SimRequest, TgiFor
         max_tokens: u32_or(&p["max_new_tokens"], st.cfg.default_output_tokens),
         stream,
     };
-    let fmt = TgiFormat { details: p["details"].as_bool().unwrap_or(false), prompt_tokens: req.prompt_tokens, text: String::new(), sent_final: false };
+    let fmt = TgiFormat {
+        details: p["details"].as_bool().unwrap_or(false),
+        prompt_tokens: req.prompt_tokens,
+        text: String::new(),
+        sent_final: false,
+    };
     Ok((req, fmt))
 }
 
 async fn generate_stream(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     match parse(&st, &body, true) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     match parse(&st, &body, false) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 /// `POST /`: TGI's compatibility route, streaming when the body says
 /// `"stream": true` (what huggingface_hub's `InferenceClient` calls).
 async fn compat_generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    let stream = serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["stream"].as_bool() == Some(true));
+    let stream =
+        serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["stream"].as_bool() == Some(true));
     match parse(&st, &body, stream) {
         Ok((req, fmt)) => respond(st, req, fmt).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 

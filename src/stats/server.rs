@@ -8,7 +8,7 @@ use super::{Distribution, LatencyHistogram};
 use crate::api::ServerTimings;
 
 /// Sums of server-reported work; mergeable.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerStats {
     /// Requests that reported timings.
     pub requests: u64,
@@ -24,20 +24,6 @@ pub struct ServerStats {
     pub load_ns: u64,
     /// Per-request server decode tokens/s ×1000.
     pub decode_rate_milli: LatencyHistogram,
-}
-
-impl Default for ServerStats {
-    fn default() -> Self {
-        Self {
-            requests: 0,
-            prompt_tokens: 0,
-            prompt_ns: 0,
-            decode_tokens: 0,
-            decode_ns: 0,
-            load_ns: 0,
-            decode_rate_milli: LatencyHistogram::new(),
-        }
-    }
 }
 
 impl ServerStats {
@@ -111,9 +97,22 @@ mod tests {
     #[test]
     fn rates_are_ratios_of_sums() {
         let mut s = ServerStats::default();
-        s.ingest(&ServerTimings { prompt_tokens: Some(31), prompt_ns: Some(143_000_000), decode_tokens: Some(11), decode_ns: Some(224_000_000), load_ns: Some(19_000_000), total_ns: None });
+        s.ingest(&ServerTimings {
+            prompt_tokens: Some(31),
+            prompt_ns: Some(143_000_000),
+            decode_tokens: Some(11),
+            decode_ns: Some(224_000_000),
+            load_ns: Some(19_000_000),
+            total_ns: None,
+        });
         let mut o = ServerStats::default();
-        o.ingest(&ServerTimings { prompt_tokens: Some(9), prompt_ns: Some(57_000_000), decode_tokens: Some(9), decode_ns: Some(76_000_000), ..Default::default() });
+        o.ingest(&ServerTimings {
+            prompt_tokens: Some(9),
+            prompt_ns: Some(57_000_000),
+            decode_tokens: Some(9),
+            decode_ns: Some(76_000_000),
+            ..Default::default()
+        });
         s.merge(&o);
         let r = s.report().unwrap();
         assert_eq!(r.requests, 2);
