@@ -40,12 +40,15 @@ struct OpenAiFormat {
     id: String,
     created: u64,
     model: String,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[`,
+    /// formatted once per request so per-token work stays tiny.
+    head: String,
 }
 
 impl OpenAiFormat {
     fn new(st: &SimState, v: &Value, chat: bool) -> Self {
         let prefix = if chat { "chatcmpl-" } else { "cmpl-" };
-        Self {
+        let mut f = Self {
             chat,
             include_usage: v["stream_options"]["include_usage"]
                 .as_bool()
@@ -54,7 +57,22 @@ impl OpenAiFormat {
             id: new_id(prefix),
             created: unix_now(),
             model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
-        }
+            head: String::new(),
+        };
+        f.set_model(f.model.clone());
+        f
+    }
+
+    /// Sets the model name echoed in chunks (and the pre-formatted head).
+    fn set_model(&mut self, model: String) {
+        self.head = format!(
+            r#"data: {{"id":{},"object":"{}","created":{},"model":{},"choices":["#,
+            Value::from(self.id.as_str()),
+            self.object(true),
+            self.created,
+            Value::from(model.as_str())
+        );
+        self.model = model;
     }
 
     fn object(&self, chunk: bool) -> &'static str {
@@ -118,13 +136,21 @@ impl StreamFormat for OpenAiFormat {
     }
 
     fn token(&mut self, out: &mut String, _k: u32, text: &str, last: bool) {
-        let finish = if last { json!("length") } else { Value::Null };
-        let choice = if self.chat {
-            json!({"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": finish})
+        // Per token only the choice is written after the pre-formatted head.
+        out.push_str(&self.head);
+        out.push_str(if self.chat {
+            r#"{"index":0,"delta":{"content":"#
         } else {
-            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
-        };
-        self.push(out, json!([choice]), None);
+            r#"{"index":0,"text":"#
+        });
+        out.push_str(&Value::from(text).to_string());
+        out.push_str(if self.chat {
+            r#"},"logprobs":null,"finish_reason":"#
+        } else {
+            r#","logprobs":null,"finish_reason":"#
+        });
+        out.push_str(if last { r#""length""# } else { "null" });
+        out.push_str("}]}\n\n");
     }
 
     fn end(&mut self, out: &mut String, o: &Outcome) {
@@ -236,7 +262,7 @@ async fn azure_chat(
     }
     match parse(&st, &body, true) {
         Ok((req, mut fmt)) => {
-            fmt.model = deployment;
+            fmt.set_model(deployment);
             respond(st, req, fmt).await
         }
         Err(resp) => *resp,
