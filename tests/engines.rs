@@ -328,3 +328,25 @@ fn issue3_cli_rejects_a_missing_key_variable_and_bad_headers() {
     let out = run(&["-H", "no colon here"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("-H expects"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_server_section_matches_the_schema() {
+    let server = sim(EngineFlavor::Ollama);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(server.url(), ApiKind::OllamaChat, "m1");
+    cfg.json_out = Some(dir.path().join("run.json"));
+    let report = throtl::bench::run(&cfg, Controls::default()).await.unwrap();
+    let s = report.server.as_ref().unwrap();
+    // ITL 1 ms; the simulator's eval_duration spans first to last token
+    // ((n−1)·ITL for n tokens), so decode ≤ 7/6 ms ≈ 1167 tok/s.
+    let decode = s.decode_tokens_per_s.unwrap();
+    assert!(decode > 100.0 && decode < 1170.0, "{s:?}");
+    assert!(throtl::report::console::render(&report).contains("server      prompt"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap()).unwrap();
+    assert!(json.get("server").is_some());
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(&json).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
