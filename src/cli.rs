@@ -35,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Benchmark a server: stream requests and measure TTFT, ITL, TPOT, throughput.
     Bench(BenchArgs),
-    /// Run the built-in simulated OpenAI-compatible server.
+    /// Run the built-in simulated server (vLLM by default; --engine picks another engine or API).
     Mock(MockArgs),
     /// Run a short benchmark against the built-in simulator and show the result.
     Demo(DemoArgs),

@@ -340,13 +340,24 @@ async fn issue3_server_section_matches_the_schema() {
     // Exact token sums; speeds are timing-dependent, so only their presence is checked.
     assert_eq!(s.requests, REQUESTS);
     assert_eq!(s.decode_tokens_per_s_per_request.count, REQUESTS);
-    assert!(s.decode_tokens_per_s.unwrap() > 0.0 && s.prompt_tokens_per_s.unwrap() > 0.0, "{s:?}");
+    assert!(
+        s.decode_tokens_per_s.unwrap() > 0.0 && s.prompt_tokens_per_s.unwrap() > 0.0,
+        "{s:?}"
+    );
     assert!(throtl::report::console::render(&report).contains("server      prompt"));
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json")).unwrap()).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap())
+            .unwrap();
     assert!(json.get("server").is_some());
     let v = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = v.iter_errors(&json).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    let errors: Vec<String> = v
+        .iter_errors(&json)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
