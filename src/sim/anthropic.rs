@@ -121,6 +121,7 @@ fn invalid(msg: &str) -> Response {
 }
 
 async fn messages(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(&format!("invalid JSON: {e}")),
@@ -141,7 +142,7 @@ async fn messages(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
         id: new_id("msg_"),
         model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
     };
-    respond(st, req, fmt).await
+    respond(st, arrival, req, fmt).await
 }
 
 async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {

@@ -94,6 +94,7 @@ impl StreamFormat for CohereFormat {
 }
 
 async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -111,7 +112,7 @@ async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
         max_tokens: u32_or(&v["max_tokens"], st.cfg.default_output_tokens),
         stream: v["stream"].as_bool().unwrap_or(false),
     };
-    respond(st, req, CohereFormat { id: new_id("") }).await
+    respond(st, arrival, req, CohereFormat { id: new_id("") }).await
 }
 
 async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {

@@ -137,10 +137,10 @@ pub(crate) trait StreamFormat: Send + 'static {
 /// Admits `req` and answers it in `fmt`'s protocol, streamed or whole.
 pub(crate) async fn respond<F: StreamFormat>(
     st: Arc<SimState>,
+    arrival: Instant,
     req: SimRequest,
     fmt: F,
 ) -> Response {
-    let arrival = Instant::now();
     let admission = Admission {
         prompt_tokens: req.prompt_tokens,
         max_tokens: req.max_tokens,

@@ -97,6 +97,7 @@ async fn generate(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    let arrival = std::time::Instant::now();
     let Some((model, method)) = action.rsplit_once(':') else {
         return not_found(&action);
     };
@@ -130,7 +131,7 @@ async fn generate(
         id: new_id(""),
         prompt_tokens,
     };
-    respond(st, req, fmt).await
+    respond(st, arrival, req, fmt).await
 }
 
 fn not_found(action: &str) -> Response {

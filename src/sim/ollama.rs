@@ -135,15 +135,17 @@ fn parse(
 }
 
 async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     match parse(&st, &body, true) {
-        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
         Err(r) => *r,
     }
 }
 
 async fn generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     match parse(&st, &body, false) {
-        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
         Err(r) => *r,
     }
 }

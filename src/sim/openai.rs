@@ -125,13 +125,14 @@ fn llamacpp_timings(o: &Outcome) -> Value {
 impl StreamFormat for OpenAiFormat {
     fn start(&mut self, out: &mut String, _r: &SimRequest) {
         if self.chat {
-            let content = if self.flavor == EngineFlavor::Llamacpp {
-                Value::Null
+            // Pre-formatted: all first tokens of a burst are due at once.
+            out.push_str(&self.head);
+            out.push_str(if self.flavor == EngineFlavor::Llamacpp {
+                r#"{"index":0,"delta":{"role":"assistant","content":null},"logprobs":null,"finish_reason":null}]}"#
             } else {
-                json!("")
-            };
-            let choice = json!([{"index": 0, "delta": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": null}]);
-            self.push(out, choice, None);
+                r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#
+            });
+            out.push_str("\n\n");
         }
     }
 
@@ -143,7 +144,7 @@ impl StreamFormat for OpenAiFormat {
         } else {
             r#"{"index":0,"text":"#
         });
-        out.push_str(&Value::from(text).to_string());
+        push_json_str(out, text);
         out.push_str(if self.chat {
             r#"},"logprobs":null,"finish_reason":"#
         } else {
@@ -194,15 +195,40 @@ impl StreamFormat for OpenAiFormat {
     }
 
     fn error_response(&self, status: StatusCode, msg: &str) -> Response {
-        let body = json!({"error": {"message": msg, "type": "BadRequestError", "param": null, "code": status.as_u16()}});
-        (status, Json(body)).into_response()
+        error_json(self.flavor, status, msg)
     }
 }
 
-fn bad_request(msg: &str) -> Response {
-    let body =
-        json!({"error": {"message": msg, "type": "BadRequestError", "param": null, "code": 400}});
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+/// Appends `text` as a JSON string literal.
+fn push_json_str(out: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(text).to_string());
+    }
+}
+
+/// An error body: OpenAI wraps it in `{"error": …}`; the vLLM-style
+/// engines answer with the flat `{"object": "error", …}` object.
+fn error_json(flavor: EngineFlavor, status: StatusCode, msg: &str) -> Response {
+    let kind = if status.is_server_error() {
+        "InternalServerError"
+    } else {
+        "BadRequestError"
+    };
+    let inner = json!({"message": msg, "type": kind, "param": null, "code": status.as_u16()});
+    let body = if flavor == EngineFlavor::Openai {
+        json!({"error": inner})
+    } else {
+        json!({"object": "error", "message": msg, "type": kind, "param": null, "code": status.as_u16()})
+    };
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(flavor: EngineFlavor, msg: &str) -> Response {
+    error_json(flavor, StatusCode::BAD_REQUEST, msg)
 }
 
 fn parse(
@@ -210,12 +236,16 @@ fn parse(
     body: &[u8],
     chat: bool,
 ) -> Result<(SimRequest, OpenAiFormat), Box<Response>> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Box::new(bad_request(&format!("invalid JSON body: {e}"))))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(bad_request(
+            st.cfg.engine,
+            &format!("invalid JSON body: {e}"),
+        ))
+    })?;
     let prompt_tokens = if chat {
         let msgs = v["messages"]
             .as_array()
-            .ok_or_else(|| Box::new(bad_request("'messages' must be an array")))?;
+            .ok_or_else(|| Box::new(bad_request(st.cfg.engine, "'messages' must be an array")))?;
         msgs.iter().map(|m| count_words(&m["content"])).sum()
     } else {
         count_words(&v["prompt"])
@@ -234,8 +264,9 @@ fn parse(
 }
 
 async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
+    let arrival = std::time::Instant::now();
     match parse(&st, body, chat) {
-        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
         Err(resp) => *resp,
     }
 }
@@ -257,13 +288,17 @@ async fn azure_chat(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    let arrival = std::time::Instant::now();
     if !q.contains_key("api-version") {
-        return bad_request("Missing required query parameter 'api-version'");
+        return bad_request(
+            st.cfg.engine,
+            "Missing required query parameter 'api-version'",
+        );
     }
     match parse(&st, &body, true) {
         Ok((req, mut fmt)) => {
             fmt.set_model(deployment);
-            respond(st, req, fmt).await
+            respond(st, arrival, req, fmt).await
         }
         Err(resp) => *resp,
     }

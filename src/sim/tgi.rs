@@ -132,15 +132,17 @@ fn parse(
 }
 
 async fn generate_stream(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     match parse(&st, &body, true) {
-        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
         Err(r) => *r,
     }
 }
 
 async fn generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     match parse(&st, &body, false) {
-        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
         Err(r) => *r,
     }
 }
@@ -148,10 +150,11 @@ async fn generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
 /// `POST /`: TGI's compatibility route, streaming when the body says
 /// `"stream": true` (what huggingface_hub's `InferenceClient` calls).
 async fn compat_generate(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    let arrival = std::time::Instant::now();
     let stream =
         serde_json::from_slice::<Value>(&body).is_ok_and(|v| v["stream"].as_bool() == Some(true));
     match parse(&st, &body, stream) {
-        Ok((req, fmt)) => respond(st, req, fmt).await,
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
         Err(r) => *r,
     }
 }
