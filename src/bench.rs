@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tokio::sync::watch;
 
+use crate::api::{AuthStyle, Protocol, ProtocolOptions};
 use crate::config::{BenchConfig, ConfigError};
 use crate::engine::request::{error_chain, Transport};
 use crate::engine::workload::PromptSource;
@@ -183,27 +184,69 @@ async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), BenchError
 }
 
 fn build_transport(cfg: &BenchConfig) -> Result<Transport, BenchError> {
-    let mut headers = HeaderMap::new();
-    let key_var = cfg.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
-    if let Ok(key) = std::env::var(key_var) {
-        let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-            ConfigError(format!(
-                "the API key in ${key_var} contains characters not allowed in an HTTP header"
-            ))
-        })?;
-        v.set_sensitive(true);
-        headers.insert(AUTHORIZATION, v);
-    } else if cfg.api_key_env.is_some() {
-        return Err(ConfigError(format!(
-            "--api-key-env names '{key_var}', but that environment variable is not set"
-        ))
-        .into());
-    }
+    let protocol: Arc<dyn Protocol> = Arc::from(cfg.api.protocol_with(&ProtocolOptions {
+        api_version: cfg.api_options.api_version.clone(),
+    }));
+    let headers = request_headers(cfg, protocol.as_ref())?;
     Ok(Transport {
         client: crate::engine::request::build_http_client(),
         base: cfg.url.clone(),
         headers,
-        protocol: Arc::from(cfg.api.protocol()),
+        protocol,
         timeout: cfg.timeout,
     })
+}
+
+/// Every header sent with each request: the protocol's fixed headers, the
+/// API key (from `--api-key-env` or the protocol's conventional variable),
+/// then `-H` headers. Key and `-H` values are marked sensitive.
+pub fn request_headers(
+    cfg: &BenchConfig,
+    protocol: &dyn Protocol,
+) -> Result<HeaderMap, ConfigError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in protocol.fixed_headers() {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    if let Some((var, key)) = api_key(cfg, protocol)? {
+        let (name, value) = match protocol.auth() {
+            AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {key}")),
+            AuthStyle::Header(h) => (HeaderName::from_static(h), key),
+        };
+        headers.insert(name, sensitive(&value, &format!("the API key in ${var}"))?);
+    }
+    for (name, value) in &cfg.api_options.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConfigError(format!("-H '{name}' is not a valid header name")))?;
+        let value = sensitive(value, &format!("the value of -H '{name}'"))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ConfigError> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
+        ConfigError(format!(
+            "{what} contains characters not allowed in an HTTP header"
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The API key and the variable it came from, if any.
+fn api_key(
+    cfg: &BenchConfig,
+    protocol: &dyn Protocol,
+) -> Result<Option<(String, String)>, ConfigError> {
+    let Some(var) = cfg.api_key_env.as_deref().or(protocol.key_env()) else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(key) if !key.trim().is_empty() => Ok(Some((var.to_owned(), key.trim().to_owned()))),
+        _ if cfg.api_key_env.is_some() => Err(ConfigError(format!(
+            "--api-key-env names '{var}', but that environment variable is not set"
+        ))),
+        _ => Ok(None),
+    }
 }

@@ -10,13 +10,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::ApiKind;
-use crate::config::{normalize_base_url, BenchConfig, ProgressMode};
+use crate::config::{normalize_base_url, parse_header, ApiOptions, BenchConfig, ProgressMode};
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
 use crate::sim::engine::profile::Profile;
 use crate::sim::engine::EngineConfig;
 use crate::sim::faults::FaultConfig;
-use crate::sim::SimConfig;
+use crate::sim::{EngineFlavor, SimConfig};
 
 mod monitor;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
@@ -41,7 +41,7 @@ pub struct Cli {
 pub enum Command {
     /// Benchmark a server: stream requests and measure TTFT, ITL, TPOT, throughput.
     Bench(BenchArgs),
-    /// Run the built-in simulated OpenAI-compatible server.
+    /// Run the built-in simulated server (vLLM by default; --engine picks another engine or API).
     Mock(MockArgs),
     /// Run a short benchmark against the built-in simulator and show the result.
     Demo(DemoArgs),
@@ -49,24 +49,103 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// Print or export what `monitor` recorded.
     History(HistoryArgs),
+    /// Identify a server: engine, version, models, health, /metrics, and the --api bench would use.
+    Probe(ProbeArgs),
 }
 
 /// Wire protocols selectable with `--api`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ApiArg {
-    /// OpenAI chat completions (`/v1/chat/completions`).
+    /// Detect the server (as `throtl probe` does) and use its native protocol.
+    Auto,
+    /// OpenAI chat completions (`/v1/chat/completions`): vLLM, SGLang, llama.cpp, TRT-LLM, OpenAI.
     OpenaiChat,
     /// OpenAI legacy completions (`/v1/completions`).
     OpenaiCompletions,
+    /// Hugging Face TGI native `/generate_stream`.
+    Tgi,
+    /// Ollama `/api/chat` (NDJSON).
+    OllamaChat,
+    /// Ollama `/api/generate` (NDJSON).
+    OllamaGenerate,
+    /// Anthropic Messages API (`/v1/messages`).
+    Anthropic,
+    /// Google Gemini `streamGenerateContent?alt=sse`.
+    Gemini,
+    /// Cohere v2 chat (`/v2/chat`).
+    Cohere,
+    /// Azure OpenAI (`/openai/deployments/{--model}/chat/completions?api-version=…`).
+    AzureOpenai,
 }
 
-impl From<ApiArg> for ApiKind {
-    fn from(a: ApiArg) -> Self {
-        match a {
+impl ApiArg {
+    /// The protocol, or `None` for `auto`.
+    pub fn kind(self) -> Option<ApiKind> {
+        Some(match self {
+            ApiArg::Auto => return None,
             ApiArg::OpenaiChat => ApiKind::OpenaiChat,
             ApiArg::OpenaiCompletions => ApiKind::OpenaiCompletions,
+            ApiArg::Tgi => ApiKind::Tgi,
+            ApiArg::OllamaChat => ApiKind::OllamaChat,
+            ApiArg::OllamaGenerate => ApiKind::OllamaGenerate,
+            ApiArg::Anthropic => ApiKind::Anthropic,
+            ApiArg::Gemini => ApiKind::Gemini,
+            ApiArg::Cohere => ApiKind::Cohere,
+            ApiArg::AzureOpenai => ApiKind::AzureOpenai,
+        })
+    }
+}
+
+/// Engines the simulator imitates (`throtl mock --engine`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EngineArg {
+    /// vLLM: OpenAI routes, /version, `vllm:*` metrics.
+    Vllm,
+    /// Hugging Face TGI: /generate_stream, /info, `tgi_*` metrics.
+    Tgi,
+    /// Ollama: /api/chat, /api/generate, /api/tags, /api/ps; no /metrics.
+    Ollama,
+    /// llama.cpp server: OpenAI routes with timings, /props, `llamacpp:*` metrics.
+    Llamacpp,
+    /// SGLang: OpenAI routes, /get_model_info, `sglang:*` metrics.
+    Sglang,
+    /// OpenAI's hosted API (and Azure deployment routes).
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini API.
+    Gemini,
+    /// Cohere v2 chat.
+    Cohere,
+}
+
+impl From<EngineArg> for EngineFlavor {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Vllm => EngineFlavor::Vllm,
+            EngineArg::Tgi => EngineFlavor::Tgi,
+            EngineArg::Ollama => EngineFlavor::Ollama,
+            EngineArg::Llamacpp => EngineFlavor::Llamacpp,
+            EngineArg::Sglang => EngineFlavor::Sglang,
+            EngineArg::Openai => EngineFlavor::Openai,
+            EngineArg::Anthropic => EngineFlavor::Anthropic,
+            EngineArg::Gemini => EngineFlavor::Gemini,
+            EngineArg::Cohere => EngineFlavor::Cohere,
         }
     }
+}
+
+/// `throtl probe` flags.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Server base URL.
+    pub url: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Extra header sent with every probe request, e.g. -H 'Authorization: Bearer …' (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
 }
 
 /// `throtl bench` flags.
@@ -78,17 +157,24 @@ pub struct BenchArgs {
     /// Model name to request [default: the first model listed by /v1/models].
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,
-    /// Wire protocol.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "openai-chat",
-        help_heading = "Target"
-    )]
+    /// Wire protocol; `auto` detects the server and says what it picked.
+    #[arg(long, value_enum, default_value = "auto", help_heading = "Target")]
     pub api: ApiArg,
-    /// Environment variable holding the API key, sent as a Bearer token [default: OPENAI_API_KEY if set].
+    /// Environment variable holding the API key [default: the protocol's conventional one if set:
+    /// OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, COHERE_API_KEY, AZURE_OPENAI_API_KEY, HF_TOKEN].
     #[arg(long, value_name = "NAME", help_heading = "Target")]
     pub api_key_env: Option<String>,
+    /// Extra header sent with every request, e.g. -H 'X-Org: a' (repeatable; values are never printed).
+    #[arg(
+        long = "header",
+        short = 'H',
+        value_name = "NAME: VALUE",
+        help_heading = "Target"
+    )]
+    pub headers: Vec<String>,
+    /// Azure OpenAI api-version query value.
+    #[arg(long, value_name = "VERSION", help_heading = "Target")]
+    pub api_version: Option<String>,
 
     /// Closed-loop workers: each sends its next request when its previous one ends.
     #[arg(long, short = 'c', default_value_t = 1, help_heading = "Load")]
@@ -163,8 +249,11 @@ pub struct MockArgs {
     /// Server runtime threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Engine or hosted API to imitate: routes, stream format, info endpoints, /metrics names.
+    #[arg(long, value_enum, default_value = "vllm")]
+    pub engine: EngineArg,
     #[command(flatten)]
-    pub engine: EngineArgs,
+    pub engine_model: EngineArgs,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -262,8 +351,14 @@ fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
 }
 
 impl BenchArgs {
-    /// Converts flags into a validated config (model resolved separately).
+    /// Converts flags into a validated config; model and protocol (for
+    /// `--api auto`) are resolved separately.
     pub fn to_config(&self, model: String) -> Result<BenchConfig> {
+        self.to_config_with(model, self.api.kind().unwrap_or(ApiKind::OpenaiChat))
+    }
+
+    /// Converts flags into a validated config with the resolved protocol.
+    pub fn to_config_with(&self, model: String, api: ApiKind) -> Result<BenchConfig> {
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),
@@ -272,7 +367,7 @@ impl BenchArgs {
         let cfg = BenchConfig {
             url: normalize_base_url(&self.url)?,
             model,
-            api: self.api.into(),
+            api,
             concurrency: self.concurrency,
             stop,
             input_tokens: self.input_tokens,
@@ -286,6 +381,10 @@ impl BenchArgs {
             progress: progress_mode(self.no_tui, self.quiet),
             grace: self.grace,
             api_key_env: self.api_key_env.clone(),
+            api_options: ApiOptions {
+                headers: parse_headers(&self.headers)?,
+                api_version: self.api_version.clone(),
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -302,7 +401,7 @@ impl MockArgs {
         if self.is_fixed() {
             return Ok(None);
         }
-        let e = &self.engine;
+        let e = &self.engine_model;
         let profile = match &e.profile_file {
             Some(path) => Profile::from_file(path)?,
             None => Profile::builtin(&e.profile)?,
@@ -345,7 +444,8 @@ impl MockArgs {
             worker_threads: self.threads,
             engine_model: self.engine_config()?,
             faults: self.fault_config(),
-            gpu_metrics: self.engine.gpu_metrics,
+            gpu_metrics: self.engine_model.gpu_metrics,
+            engine: self.engine.into(),
             ..defaults
         })
     }
@@ -359,7 +459,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => run_demo(&args),
         Command::Monitor(args) => monitor::run_monitor(&args),
         Command::History(args) => monitor::run_history(&args),
+        Command::Probe(args) => run_probe(&args),
     }
+}
+
+fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, crate::config::ConfigError> {
+    raw.iter().map(|h| parse_header(h)).collect()
+}
+
+fn run_probe(args: &ProbeArgs) -> Result<ExitCode> {
+    let base = normalize_base_url(&args.url)?;
+    let headers = parse_headers(&args.headers)?;
+    let rt = runtime(Some(2))?;
+    let report = rt.block_on(crate::probe::probe(&base, &headers))?;
+    if args.json {
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+    } else {
+        print_stdout(&report.render());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
@@ -377,11 +495,24 @@ fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
     let rt = runtime(args.threads)?;
     rt.block_on(async {
         let base = normalize_base_url(&args.url)?;
-        let model = match &args.model {
-            Some(m) => m.clone(),
-            None => crate::discover::first_model(&base).await?,
+        let headers = parse_headers(&args.headers)?;
+        let quiet = args.quiet;
+        let (api, probed) = match args.api.kind() {
+            Some(k) => (k, None),
+            None => {
+                let p = crate::probe::probe(&base, &headers).await?;
+                if !quiet {
+                    eprintln!("{}", p.choice_line());
+                }
+                (p.api_kind(), Some(p))
+            }
         };
-        let cfg = args.to_config(model)?;
+        let model = match (&args.model, probed) {
+            (Some(m), _) => m.clone(),
+            (None, Some(p)) => p.first_model()?,
+            (None, None) => crate::probe::probe(&base, &headers).await?.first_model()?,
+        };
+        let cfg = args.to_config_with(model, api)?;
         let report = crate::run_bench_with_interrupt(&cfg).await?;
         finish_report(&report, &cfg)
     })
@@ -427,7 +558,7 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
         None => format!("fixed delays: ttft {:?}, itl {:?}", cfg.ttft, cfg.itl),
     };
     let handle = crate::sim::start(cfg)?;
-    eprintln!("throtl mock listening on {} ({what}); Ctrl-C to stop", handle.url());
+    eprintln!("throtl mock ({:?}) listening on {} ({what}); Ctrl-C to stop", args.engine, handle.url());
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
     rt.block_on(async { tokio::signal::ctrl_c().await })

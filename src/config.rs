@@ -65,6 +65,53 @@ pub struct BenchConfig {
     pub grace: Duration,
     /// Name of the environment variable holding the API key (never the key).
     pub api_key_env: Option<String>,
+    /// Extra headers and protocol options.
+    pub api_options: ApiOptions,
+}
+
+/// Extra request headers (`-H`) and protocol options (`--api-version`).
+/// Neither `Serialize` nor `Debug` shows header values.
+#[derive(Clone, Default, Serialize)]
+pub struct ApiOptions {
+    /// Extra headers sent with every request. Only the names are ever
+    /// serialized: values may hold secrets.
+    #[serde(serialize_with = "ser_header_names")]
+    pub headers: Vec<(String, String)>,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+}
+
+impl std::fmt::Debug for ApiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ApiOptions")
+            .field("headers", &names)
+            .field("api_version", &self.api_version)
+            .finish()
+    }
+}
+
+fn ser_header_names<S: serde::Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(h.iter().map(|(name, _)| name))
+}
+
+/// Parses a `-H 'Name: value'` header argument.
+pub fn parse_header(raw: &str) -> Result<(String, String), ConfigError> {
+    let Some((name, value)) = raw.split_once(':') else {
+        return Err(ConfigError(
+            "-H expects 'Name: value' (a colon between name and value)".into(),
+        ));
+    };
+    let name = name.trim();
+    let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && reqwest::header::HeaderValue::from_str(value.trim()).is_ok();
+    if name.is_empty() || !valid {
+        // The value is not echoed: it may be a secret.
+        return Err(ConfigError(format!(
+            "-H '{name}: …' is not a valid HTTP header name and value"
+        )));
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -135,5 +182,25 @@ mod tests {
         assert_eq!(normalize_base_url("http://h:1").unwrap(), "http://h:1");
         assert!(normalize_base_url("h:1").is_err());
         assert!(normalize_base_url("ftp://h").is_err());
+    }
+
+    #[test]
+    fn header_args_parse_and_never_echo_values() {
+        assert_eq!(
+            parse_header("X-A: b c").unwrap(),
+            ("X-A".into(), "b c".into())
+        );
+        assert!(parse_header("nocolon").is_err());
+        let e = parse_header("bad name: s3cret\n").unwrap_err().to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        let opts = ApiOptions {
+            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+            api_version: None,
+        };
+        let json = serde_json::to_string(&opts).unwrap();
+        assert!(
+            json.contains("Authorization") && !json.contains("s3cret"),
+            "{json}"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod discover;
 pub mod engine;
 pub mod monitor;
+pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod scrape;

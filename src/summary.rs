@@ -78,6 +78,7 @@ pub fn build(
             messages_parsed: s.messages,
             cpu_s,
         },
+        server: s.server.report(),
         environment: environment(),
         warnings: Vec::new(),
         config: serde_json::to_value(cfg).unwrap_or_default(),

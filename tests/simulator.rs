@@ -31,6 +31,7 @@ fn bench_cfg(url: String, concurrency: u32, requests: u64, input: u32, output: u
         progress: ProgressMode::Quiet,
         grace: Duration::from_secs(1),
         api_key_env: None,
+        api_options: Default::default(),
     }
 }
 

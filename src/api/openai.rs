@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    sample_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent, Protocol,
-    Usage,
+    sample_text, AuthStyle, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
+    Protocol, ServerTimings, Usage,
 };
 
 /// OpenAI-compatible protocol; `chat` selects `/v1/chat/completions`.
@@ -25,6 +25,34 @@ struct Chunk<'a> {
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    #[serde(default)]
+    timings: Option<LlamaTimings>,
+}
+
+/// llama.cpp's `timings` object (server-side prefill and decode).
+#[derive(Deserialize)]
+struct LlamaTimings {
+    prompt_n: Option<u32>,
+    prompt_ms: Option<f64>,
+    predicted_n: Option<u32>,
+    predicted_ms: Option<f64>,
+}
+
+fn ms_to_ns(ms: Option<f64>) -> Option<u64> {
+    ms.filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| (v * 1e6) as u64)
+}
+
+impl LlamaTimings {
+    fn to_server(&self) -> ServerTimings {
+        ServerTimings {
+            prompt_tokens: self.prompt_n,
+            prompt_ns: ms_to_ns(self.prompt_ms),
+            decode_tokens: self.predicted_n,
+            decode_ns: ms_to_ns(self.predicted_ms),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,8 +91,8 @@ impl Choice<'_> {
     }
 }
 
-impl Protocol for OpenAi {
-    fn build(&self, req: &GenRequest) -> HttpRequestSpec {
+impl OpenAi {
+    fn body(&self, req: &GenRequest) -> serde_json::Value {
         let mut body = if self.chat {
             json!({"model": req.model, "messages": [{"role": "user", "content": req.prompt}]})
         } else {
@@ -76,6 +104,13 @@ impl Protocol for OpenAi {
         if req.ignore_eos {
             body["ignore_eos"] = json!(true);
         }
+        body
+    }
+}
+
+impl Protocol for OpenAi {
+    fn build(&self, req: &GenRequest) -> HttpRequestSpec {
+        let body = self.body(req);
         let path = if self.chat {
             "/v1/chat/completions"
         } else {
@@ -92,6 +127,54 @@ impl Protocol for OpenAi {
     }
 
     fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+        parse_chunk(data)
+    }
+}
+
+/// Azure OpenAI: OpenAI chat at a deployment URL with an `api-version`.
+#[derive(Debug, Clone)]
+pub struct AzureOpenAi {
+    /// The `api-version` query value.
+    pub api_version: String,
+}
+
+impl Protocol for AzureOpenAi {
+    fn build(&self, req: &GenRequest) -> HttpRequestSpec {
+        let mut body = OpenAi { chat: true }.body(req);
+        if let Some(o) = body.as_object_mut() {
+            o.remove("model");
+            o.remove("ignore_eos");
+        }
+        HttpRequestSpec {
+            path: format!(
+                "/openai/deployments/{}/chat/completions?api-version={}",
+                super::encode_path(&req.model),
+                super::encode_path(&self.api_version)
+            ),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn framing(&self) -> Framing {
+        Framing::Sse
+    }
+
+    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+        parse_chunk(data)
+    }
+
+    fn key_env(&self) -> Option<&'static str> {
+        Some("AZURE_OPENAI_API_KEY")
+    }
+
+    fn auth(&self) -> AuthStyle {
+        AuthStyle::Header("api-key")
+    }
+}
+
+/// Classifies one OpenAI-style chunk (also vLLM, SGLang, llama.cpp, Azure).
+fn parse_chunk(data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    {
         let data = data.trim();
         if data == "[DONE]" {
             return Ok(ParsedEvent {
@@ -118,6 +201,7 @@ impl Protocol for OpenAi {
         Ok(ParsedEvent {
             content,
             usage,
+            server: chunk.timings.as_ref().map(LlamaTimings::to_server),
             ..Default::default()
         })
     }

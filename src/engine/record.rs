@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::api::Usage;
+use crate::api::{ServerTimings, Usage};
 
 /// Why a request failed. Cancellation at the end of a run is not an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -82,6 +82,8 @@ pub struct RequestRecord {
     pub usage: Usage,
     /// Stream messages parsed (content or not).
     pub messages: u32,
+    /// Timings the server reported about its own work (Ollama, llama.cpp).
+    pub server: Option<ServerTimings>,
 }
 
 impl RequestRecord {
@@ -100,6 +102,7 @@ impl RequestRecord {
             error_sample: None,
             usage: Usage::default(),
             messages: 0,
+            server: None,
         }
     }
 

@@ -77,6 +77,7 @@ struct Decoder {
     events: Vec<SseEvent>,
     lines: Vec<String>,
     done: bool,
+    finished: bool,
 }
 
 impl Decoder {
@@ -88,6 +89,7 @@ impl Decoder {
             events: Vec::new(),
             lines: Vec::new(),
             done: false,
+            finished: false,
         }
     }
 
@@ -161,6 +163,12 @@ impl Decoder {
         if let Some(u) = parsed.usage {
             rec.usage.input_tokens = u.input_tokens.or(rec.usage.input_tokens);
             rec.usage.output_tokens = u.output_tokens.or(rec.usage.output_tokens);
+        }
+        if parsed.server.is_some() {
+            rec.server = parsed.server;
+        }
+        if parsed.finished {
+            self.finished = true;
         }
         if parsed.done {
             self.done = true;
@@ -316,12 +324,27 @@ async fn read_stream(
 fn end_of_body(dec: &mut Decoder, p: &dyn Protocol, rec: &mut RequestRecord, at: Instant) {
     if dec.framing == Framing::Ndjson {
         if let Some(rest) = dec.ndjson.take_rest() {
+            if p.parse(None, &rest).is_err() {
+                // A last line cut short is a truncation, not a malformed message.
+                fail(
+                    rec,
+                    ErrorClass::Truncated,
+                    "stream ended in the middle of a message".into(),
+                    at,
+                );
+                return;
+            }
             if let Step::Stop = dec.apply(p, None, &rest, at, rec) {
                 return;
             }
         }
     }
     if dec.done {
+        return;
+    }
+    if dec.finished && !dec.has_partial() {
+        // Protocols without a terminator (Gemini) end with the body.
+        rec.end = at;
         return;
     }
     let what = if dec.has_partial() {
@@ -371,4 +394,24 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Decodes a whole response body, delivered in `chunks`, exactly as
+/// [`execute`] would, and returns the resulting record. For tests and
+/// fixture replays: every chunk is stamped with `Instant::now()`.
+pub fn replay_body<'a>(
+    protocol: &dyn Protocol,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> RequestRecord {
+    let start = Instant::now();
+    let mut rec = RequestRecord::new(0, false, start, 64);
+    rec.status = Some(200);
+    let mut dec = Decoder::new(protocol.framing());
+    for c in chunks {
+        if let Step::Stop = dec.feed(protocol, c, Instant::now(), &mut rec) {
+            return rec;
+        }
+    }
+    end_of_body(&mut dec, protocol, &mut rec, Instant::now());
+    rec
 }

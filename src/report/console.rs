@@ -56,6 +56,7 @@ pub fn render(r: &RunReport) -> String {
     if let Some(sm) = &r.server_metrics {
         server_line(&mut s, sm);
     }
+    server_speed_line(&mut s, r);
     let _ = writeln!(s);
     latency_table(&mut s, r);
     for w in &r.warnings {
@@ -110,4 +111,18 @@ fn latency_table(s: &mut String, r: &RunReport) {
             d.mean, d.min, d.p50, d.p90, d.p95, d.p99, d.p999, d.max
         );
     }
+}
+
+/// Server-reported speeds beside the client-side per-request rate.
+fn server_speed_line(s: &mut String, r: &RunReport) {
+    let Some(sv) = &r.server else { return };
+    let rate = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |x| format!("{x:.1}"));
+    let _ = writeln!(
+        s,
+        "  server      prompt {} tok/s, decode {} tok/s (server-reported, {} requests); client-side {:.1} tok/s per request (p50)",
+        rate(sv.prompt_tokens_per_s),
+        rate(sv.decode_tokens_per_s),
+        sv.requests,
+        r.output_tokens_per_s_per_request.p50
+    );
 }

@@ -53,6 +53,10 @@ pub struct RunReport {
     pub output_tokens_per_s_per_request: Distribution,
     /// Client self-checks.
     pub client: ClientChecks,
+    /// Speeds the server itself reported (Ollama durations, llama.cpp
+    /// `timings`); absent when the server reports none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::stats::server::ServerReport>,
     /// Where and with what it ran.
     pub environment: Environment,
     /// Warnings that may affect how far to trust the numbers.

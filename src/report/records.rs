@@ -37,6 +37,12 @@ pub struct RecordLine {
     pub output_tokens: u64,
     /// Where `output_tokens` came from.
     pub token_source: TokenSource,
+    /// Server-reported prompt time (ms), when the server reports timings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_prompt_ms: Option<f64>,
+    /// Server-reported decode time (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_decode_ms: Option<f64>,
 }
 
 fn ms(t: Instant, origin: Instant) -> f64 {
@@ -63,6 +69,8 @@ impl RecordLine {
             input_tokens: r.usage.input_tokens,
             output_tokens,
             token_source,
+            server_prompt_ms: r.server.and_then(|t| t.prompt_ns).map(|ns| ns as f64 / 1e6),
+            server_decode_ms: r.server.and_then(|t| t.decode_ns).map(|ns| ns as f64 / 1e6),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `throtl mock`: a built-in simulated OpenAI-compatible inference server.
+//! `throtl mock`: a built-in simulated inference server that speaks the
+//! protocol of the engine or hosted API named by [`SimConfig::engine`].
 //!
 //! Two engine models decide when tokens leave (see `docs/simulator.md`):
 //!
@@ -14,9 +15,16 @@
 
 pub mod engine;
 pub mod faults;
+mod anthropic;
+mod cohere;
+mod frontend;
+mod gemini;
+mod info;
 pub mod metrics;
 pub mod model;
+mod ollama;
 mod openai;
+mod tgi;
 pub mod timer;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,7 +32,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::sync::oneshot;
 
@@ -77,7 +85,7 @@ pub struct SimConfig {
     pub model: String,
     /// Tokio worker threads of the server's own runtime.
     pub worker_threads: usize,
-    /// The engine imitated (only `Vllm` is served until per-engine front-ends land).
+    /// The engine imitated: routes, stream format, info endpoints, `/metrics` names.
     pub engine: EngineFlavor,
     /// The batching engine model; `None` uses the fixed `ttft`/`itl` delays.
     pub engine_model: Option<EngineConfig>,
@@ -229,13 +237,26 @@ async fn serve(listener: std::net::TcpListener, state: Arc<SimState>, stop: ones
 }
 
 fn router(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(openai::chat))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/models", get(openai::models))
-        .route("/health", get(|| async { "" }))
-        .route("/metrics", get(metrics_text))
-        .with_state(state)
+    let flavor = state.cfg.engine;
+    let r = Router::new();
+    let r = match flavor {
+        EngineFlavor::Vllm | EngineFlavor::Sglang | EngineFlavor::Llamacpp => openai::routes(r),
+        EngineFlavor::Openai => openai::azure_routes(openai::routes(r)),
+        EngineFlavor::Tgi => tgi::routes(r),
+        EngineFlavor::Ollama => openai::routes(ollama::routes(r)),
+        EngineFlavor::Anthropic => anthropic::routes(r),
+        EngineFlavor::Gemini => gemini::routes(r),
+        EngineFlavor::Cohere => cohere::routes(r),
+    };
+    let mut r = info::routes(r, flavor);
+    if info::serves_metrics(flavor) {
+        r = r.route("/metrics", get(metrics_text));
+    }
+    r.layer(axum::middleware::map_response_with_state(
+        state.clone(),
+        info::engine_headers,
+    ))
+    .with_state(state)
 }
 
 async fn metrics_text(axum::extract::State(st): axum::extract::State<Arc<SimState>>) -> axum::response::Response {

@@ -1,336 +1,333 @@
-//! OpenAI-compatible routes of the simulator (vLLM's response shapes).
+//! OpenAI-compatible routes of the simulator, in the shape of vLLM, SGLang,
+//! llama.cpp (with `timings`), Ollama's compatibility layer, OpenAI and Azure.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
-use super::faults::{self, WireFraming};
-use super::model::{Admission, GenEvent, Generation, Rejection};
-use super::SimState;
+use super::frontend::{
+    count_words, new_id, respond, word_ids, u32_or, unix_now, Outcome, SimRequest, StreamFormat,
+};
+use super::{EngineFlavor, SimState};
 
-/// Words the simulator "generates"; each is one token of common tokenizers.
-const WORDS: &[&str] = &[
-    " the", " of", " and", " to", " in", " is", " that", " it", " for", " on", " with", " as",
-    " was", " at", " by", " an", " be", " this", " from", " or",
-];
-
-/// The parts of a generation request the simulator honours.
-struct Gen {
-    chat: bool,
-    stream: bool,
-    include_usage: bool,
-    max_tokens: u32,
-    prompt_tokens: u32,
-    /// One id per prompt word (the simulator's tokens), for prefix caching.
-    prompt_ids: Vec<u64>,
-    model: String,
+/// Adds `/v1/chat/completions`, `/v1/completions` and `/v1/models`.
+pub(super) fn routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
+    r.route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
 }
 
-fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Response>> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
-    let prompt_ids: Vec<u64> = if chat {
-        let msgs = v["messages"].as_array().ok_or_else(|| bad_request("'messages' must be an array"))?;
-        msgs.iter().flat_map(|m| word_ids(&m["content"])).collect()
-    } else {
-        word_ids(&v["prompt"])
+/// Adds Azure OpenAI's deployment route.
+pub(super) fn azure_routes(r: Router<Arc<SimState>>) -> Router<Arc<SimState>> {
+    r.route(
+        "/openai/deployments/{deployment}/chat/completions",
+        post(azure_chat),
+    )
+}
+
+/// One OpenAI-style stream.
+struct OpenAiFormat {
+    chat: bool,
+    include_usage: bool,
+    flavor: EngineFlavor,
+    id: String,
+    created: u64,
+    model: String,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[`,
+    /// formatted once per request so per-token work stays tiny.
+    head: String,
+}
+
+impl OpenAiFormat {
+    fn new(st: &SimState, v: &Value, chat: bool) -> Self {
+        let prefix = if chat { "chatcmpl-" } else { "cmpl-" };
+        let mut f = Self {
+            chat,
+            include_usage: v["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false),
+            flavor: st.cfg.engine,
+            id: new_id(prefix),
+            created: unix_now(),
+            model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
+            head: String::new(),
+        };
+        f.set_model(f.model.clone());
+        f
+    }
+
+    /// Sets the model name echoed in chunks (and the pre-formatted head).
+    fn set_model(&mut self, model: String) {
+        self.head = format!(
+            r#"data: {{"id":{},"object":"{}","created":{},"model":{},"choices":["#,
+            Value::from(self.id.as_str()),
+            self.object(true),
+            self.created,
+            Value::from(model.as_str())
+        );
+        self.model = model;
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn push(&self, out: &mut String, choices: Value, usage: Option<&Outcome>) {
+        let mut chunk = json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": choices});
+        if let Some(o) = usage {
+            chunk["usage"] = usage_json(o);
+            if self.flavor == EngineFlavor::Llamacpp {
+                chunk["timings"] = llamacpp_timings(o);
+            }
+        }
+        out.push_str("data: ");
+        out.push_str(&chunk.to_string());
+        out.push_str("\n\n");
+    }
+}
+
+fn usage_json(o: &Outcome) -> Value {
+    json!({"prompt_tokens": o.prompt_tokens, "completion_tokens": o.tokens, "total_tokens": o.prompt_tokens + o.tokens})
+}
+
+/// llama.cpp's `timings` object for a finished generation.
+fn llamacpp_timings(o: &Outcome) -> Value {
+    let prompt_ms = Outcome::ns(o.arrival, o.first) as f64 / 1e6;
+    let predicted_ms = Outcome::ns(o.first, o.end) as f64 / 1e6;
+    let per_s = |n: u32, ms: f64| {
+        if ms > 0.0 {
+            f64::from(n) * 1000.0 / ms
+        } else {
+            0.0
+        }
     };
-    let prompt_tokens = u32::try_from(prompt_ids.len()).unwrap_or(u32::MAX);
-    let max_tokens = v["max_completion_tokens"]
-        .as_u64()
-        .or_else(|| v["max_tokens"].as_u64())
-        .map_or(st.cfg.default_output_tokens, |n| {
-            u32::try_from(n).unwrap_or(u32::MAX)
-        });
-    Ok(Gen {
-        chat,
-        stream: v["stream"].as_bool().unwrap_or(false),
-        include_usage: v["stream_options"]["include_usage"]
-            .as_bool()
-            .unwrap_or(false),
-        max_tokens,
-        prompt_tokens,
-        prompt_ids,
-        model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
+    json!({
+        "cache_n": 0, "prompt_n": o.prompt_tokens, "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": if o.prompt_tokens > 0 { prompt_ms / f64::from(o.prompt_tokens) } else { 0.0 },
+        "prompt_per_second": per_s(o.prompt_tokens, prompt_ms),
+        "predicted_n": o.tokens, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": if o.tokens > 0 { predicted_ms / f64::from(o.tokens) } else { 0.0 },
+        "predicted_per_second": per_s(o.tokens, predicted_ms),
     })
 }
 
-/// Whitespace-separated words are the simulator's tokens; each gets an id
-/// (a hash of the word) so equal prompts share prefix-cache blocks.
-fn word_ids(v: &Value) -> Vec<u64> {
-    match v {
-        Value::String(s) => s.split_whitespace().map(word_id).collect(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str().or(p.as_str()))
-            .flat_map(|s| s.split_whitespace().map(word_id))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// FNV-1a of a word.
-fn word_id(w: &str) -> u64 {
-    w.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-fn bad_request(msg: &str) -> Box<Response> {
-    let body = json!({"object": "error", "message": msg, "type": "BadRequestError", "param": null, "code": 400});
-    Box::new((StatusCode::BAD_REQUEST, Json(body)).into_response())
-}
-
-fn server_error(msg: &str) -> Response {
-    let body = json!({"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500});
-    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
-}
-
-fn rejection(r: &Rejection) -> Response {
-    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let kind = match r.status {
-        400 => "BadRequestError",
-        429 => "RateLimitError",
-        500 => "InternalServerError",
-        _ => "ServiceUnavailableError",
-    };
-    let body = json!({"object": "error", "message": r.message, "type": kind, "param": null, "code": r.status});
-    let mut resp = (status, Json(body)).into_response();
-    if let Some(s) = r.retry_after_s {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
-            resp.headers_mut().insert("retry-after", v);
+impl StreamFormat for OpenAiFormat {
+    fn start(&mut self, out: &mut String, _r: &SimRequest) {
+        if self.chat {
+            // Pre-formatted: all first tokens of a burst are due at once.
+            out.push_str(&self.head);
+            out.push_str(if self.flavor == EngineFlavor::Llamacpp {
+                r#"{"index":0,"delta":{"role":"assistant","content":null},"logprobs":null,"finish_reason":null}]}"#
+            } else {
+                r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#
+            });
+            out.push_str("\n\n");
         }
     }
-    resp
+
+    fn token(&mut self, out: &mut String, _k: u32, text: &str, last: bool) {
+        // Per token only the choice is written after the pre-formatted head.
+        out.push_str(&self.head);
+        out.push_str(if self.chat {
+            r#"{"index":0,"delta":{"content":"#
+        } else {
+            r#"{"index":0,"text":"#
+        });
+        push_json_str(out, text);
+        out.push_str(if self.chat {
+            r#"},"logprobs":null,"finish_reason":"#
+        } else {
+            r#","logprobs":null,"finish_reason":"#
+        });
+        out.push_str(if last { r#""length""# } else { "null" });
+        out.push_str("}]}\n\n");
+    }
+
+    fn end(&mut self, out: &mut String, o: &Outcome) {
+        if !o.hit_limit() {
+            let choice = if self.chat {
+                json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"})
+            } else {
+                json!({"index": 0, "text": "", "logprobs": null, "finish_reason": "stop"})
+            };
+            self.push(out, json!([choice]), None);
+        }
+        if self.include_usage {
+            self.push(out, json!([]), Some(o));
+        }
+        out.push_str("data: [DONE]\n\n");
+    }
+
+    fn fail(&mut self, out: &mut String, msg: &str) {
+        if self.flavor == EngineFlavor::Llamacpp {
+            // llama.cpp closes the stream after the error, without [DONE].
+            let err = json!({"error": {"code": 500, "message": msg, "type": "server_error"}});
+            out.push_str(&format!("data: {err}\n\n"));
+        } else {
+            let err = json!({"error": {"message": msg, "type": "InternalServerError", "param": null, "code": 500}});
+            out.push_str(&format!("data: {err}\n\ndata: [DONE]\n\n"));
+        }
+    }
+
+    fn whole(&self, text: &str, o: &Outcome) -> Value {
+        let finish = if o.hit_limit() { "length" } else { "stop" };
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+        };
+        let mut v = json!({"id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": [choice], "usage": usage_json(o)});
+        if self.flavor == EngineFlavor::Llamacpp {
+            v["timings"] = llamacpp_timings(o);
+        }
+        v
+    }
+
+    fn error_response(&self, status: StatusCode, msg: &str) -> Response {
+        error_json(self.flavor, status, msg)
+    }
+}
+
+/// Appends `text` as a JSON string literal.
+fn push_json_str(out: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(&Value::from(text).to_string());
+    }
+}
+
+/// An error body: OpenAI wraps it in `{"error": …}`; the vLLM-style
+/// engines answer with the flat `{"object": "error", …}` object.
+fn error_json(flavor: EngineFlavor, status: StatusCode, msg: &str) -> Response {
+    let kind = if status.is_server_error() {
+        "InternalServerError"
+    } else {
+        "BadRequestError"
+    };
+    let inner = json!({"message": msg, "type": kind, "param": null, "code": status.as_u16()});
+    let body = if flavor == EngineFlavor::Openai {
+        json!({"error": inner})
+    } else {
+        json!({"object": "error", "message": msg, "type": kind, "param": null, "code": status.as_u16()})
+    };
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(flavor: EngineFlavor, msg: &str) -> Response {
+    error_json(flavor, StatusCode::BAD_REQUEST, msg)
+}
+
+fn parse(
+    st: &SimState,
+    body: &[u8],
+    chat: bool,
+) -> Result<(SimRequest, OpenAiFormat), Box<Response>> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(bad_request(
+            st.cfg.engine,
+            &format!("invalid JSON body: {e}"),
+        ))
+    })?;
+    let prompt_tokens = if chat {
+        let msgs = v["messages"]
+            .as_array()
+            .ok_or_else(|| Box::new(bad_request(st.cfg.engine, "'messages' must be an array")))?;
+        msgs.iter().map(|m| count_words(&m["content"])).sum()
+    } else {
+        count_words(&v["prompt"])
+    };
+    let prompt_ids: Vec<u64> = match v["messages"].as_array() {
+        Some(msgs) if chat => msgs.iter().flat_map(|m| word_ids(&m["content"])).collect(),
+        _ => word_ids(&v["prompt"]),
+    };
+    let limit = if v["max_completion_tokens"].is_u64() {
+        &v["max_completion_tokens"]
+    } else {
+        &v["max_tokens"]
+    };
+    let req = SimRequest {
+        prompt_tokens,
+        max_tokens: u32_or(limit, st.cfg.default_output_tokens),
+        stream: v["stream"].as_bool().unwrap_or(false),
+        prompt_ids,
+    };
+    Ok((req, OpenAiFormat::new(st, &v, chat)))
+}
+
+async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
+    let arrival = std::time::Instant::now();
+    match parse(&st, body, chat) {
+        Ok((req, fmt)) => respond(st, arrival, req, fmt).await,
+        Err(resp) => *resp,
+    }
 }
 
 /// `POST /v1/chat/completions`.
-pub(super) async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     generate(st, &body, true).await
 }
 
 /// `POST /v1/completions`.
-pub(super) async fn completions(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+async fn completions(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     generate(st, &body, false).await
 }
 
-async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
-    let arrival = Instant::now();
-    let gen = match parse_request(&st, body, chat) {
-        Ok(g) => g,
-        Err(resp) => return *resp,
-    };
-    let admission = Admission { prompt_tokens: gen.prompt_tokens, max_tokens: gen.max_tokens, arrival };
-    let tokens = match st.model.admit_prompt(admission, &gen.prompt_ids) {
-        Ok(t) => t,
-        Err(r) => return rejection(&r),
-    };
-    st.metrics.start_request(gen.prompt_tokens);
-    if gen.stream {
-        stream_response(st, gen, tokens, arrival)
-    } else {
-        whole_response(st, gen, tokens, arrival).await
-    }
-}
-
-async fn whole_response(
-    st: Arc<SimState>,
-    gen: Gen,
-    mut tokens: Generation,
-    arrival: Instant,
+/// `POST /openai/deployments/{deployment}/chat/completions?api-version=…`.
+async fn azure_chat(
+    State(st): State<Arc<SimState>>,
+    Path(deployment): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
-    let mut text = String::new();
-    let mut k = 0u32;
-    while let Some(ev) = tokens.next().await {
-        if let GenEvent::Fail(msg) = ev {
-            st.metrics.end_request(arrival.elapsed(), false);
-            return server_error(&msg);
-        }
-        if let Some(resp) = faults::whole_fault_response(&ev) {
-            st.metrics.end_request(arrival.elapsed(), false);
-            return resp;
-        }
-        if k == 0 {
-            st.metrics.first_token(arrival.elapsed());
-        }
-        st.metrics.token();
-        text.push_str(WORDS[k as usize % WORDS.len()]);
-        k += 1;
+    let arrival = std::time::Instant::now();
+    if !q.contains_key("api-version") {
+        return bad_request(
+            st.cfg.engine,
+            "Missing required query parameter 'api-version'",
+        );
     }
-    st.metrics.end_request(arrival.elapsed(), true);
-    let ids = ids(&gen);
-    let choice = if gen.chat {
-        json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"})
-    } else {
-        json!({"index": 0, "text": text, "finish_reason": "length"})
-    };
-    Json(json!({
-        "id": ids.id, "object": ids.object_whole, "created": ids.created, "model": gen.model,
-        "choices": [choice], "usage": usage(&gen),
-    }))
-    .into_response()
-}
-
-struct Ids {
-    id: String,
-    object_whole: &'static str,
-    object_chunk: &'static str,
-    created: u64,
-}
-
-fn ids(gen: &Gen) -> Ids {
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    if gen.chat {
-        Ids {
-            id: format!("chatcmpl-{created:x}{nanos:x}"),
-            object_whole: "chat.completion",
-            object_chunk: "chat.completion.chunk",
-            created,
+    match parse(&st, &body, true) {
+        Ok((req, mut fmt)) => {
+            fmt.set_model(deployment);
+            respond(st, arrival, req, fmt).await
         }
-    } else {
-        Ids {
-            id: format!("cmpl-{created:x}{nanos:x}"),
-            object_whole: "text_completion",
-            object_chunk: "text_completion",
-            created,
-        }
+        Err(resp) => *resp,
     }
 }
 
-fn usage(gen: &Gen) -> Value {
-    json!({"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.max_tokens,
-           "total_tokens": gen.prompt_tokens + gen.max_tokens})
-}
-
-fn stream_response(st: Arc<SimState>, gen: Gen, tokens: Generation, arrival: Instant) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(produce_stream(st, gen, tokens, arrival, tx));
-    let body = Body::from_stream(tokio_stream_from(rx));
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// Writes one SSE frame per token at its deadline; stops if the client leaves.
-async fn produce_stream(
-    st: Arc<SimState>,
-    gen: Gen,
-    mut tokens: Generation,
-    arrival: Instant,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let ids = ids(&gen);
-    // Formatted once per request: per token only the choice is written, so
-    // the simulator's own cost stays far below the delays it simulates.
-    let head = chunk_head(&ids, &gen);
-    let mut finished = gen.max_tokens == 0;
-    let mut k = 0u32;
-    while let Some(ev) = tokens.next().await {
-        if let GenEvent::Fail(msg) = ev {
-            let err = json!({"error": {"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500}});
-            let _ = tx
-                .send(Ok(Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n"))))
-                .await;
-            break;
-        }
-        if faults::forward_fault(&ev, WireFraming::Sse, &tx).await {
-            break;
-        }
-        let mut frame = String::with_capacity(head.len() * 2 + 128);
-        if k == 0 {
-            st.metrics.first_token(arrival.elapsed());
-            if gen.chat {
-                frame.push_str(&head);
-                frame.push_str(r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#);
-                frame.push_str("\n\n");
-            }
-        }
-        let last = k + 1 == gen.max_tokens;
-        push_token(&mut frame, &head, gen.chat, k, last);
-        st.metrics.token();
-        if last {
-            finish_frame(&mut frame, &ids, &gen);
-            finished = true;
-        }
-        if tx.send(Ok(Bytes::from(frame))).await.is_err() {
-            break;
-        }
-        k += 1;
+/// The `owned_by` each engine reports in `/v1/models`.
+fn owned_by(f: EngineFlavor) -> &'static str {
+    match f {
+        EngineFlavor::Sglang => "sglang",
+        EngineFlavor::Llamacpp => "llamacpp",
+        EngineFlavor::Ollama => "library",
+        EngineFlavor::Openai => "system",
+        EngineFlavor::Tgi => "text-generation-inference",
+        _ => "vllm",
     }
-    if gen.max_tokens == 0 {
-        let mut frame = String::new();
-        finish_frame(&mut frame, &ids, &gen);
-        let _ = tx.send(Ok(Bytes::from(frame))).await;
-    }
-    st.metrics.end_request(arrival.elapsed(), finished);
-}
-
-/// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[` of one request.
-fn chunk_head(ids: &Ids, gen: &Gen) -> String {
-    format!(
-        r#"data: {{"id":{},"object":"{}","created":{},"model":{},"choices":["#,
-        Value::from(ids.id.as_str()),
-        ids.object_chunk,
-        ids.created,
-        Value::from(gen.model.as_str())
-    )
-}
-
-/// Appends one token's chunk; the words need no JSON escaping.
-fn push_token(frame: &mut String, head: &str, chat: bool, k: u32, last: bool) {
-    let word = WORDS[k as usize % WORDS.len()];
-    let finish = if last { r#""length""# } else { "null" };
-    frame.push_str(head);
-    if chat {
-        frame.push_str(r#"{"index":0,"delta":{"content":""#);
-    } else {
-        frame.push_str(r#"{"index":0,"text":""#);
-    }
-    frame.push_str(word);
-    frame.push_str(if chat {
-        r#""},"logprobs":null,"finish_reason":"#
-    } else {
-        r#"","logprobs":null,"finish_reason":"#
-    });
-    frame.push_str(finish);
-    frame.push_str("}]}\n\n");
-}
-
-fn finish_frame(frame: &mut String, ids: &Ids, gen: &Gen) {
-    if gen.include_usage {
-        let chunk = json!({"id": ids.id, "object": ids.object_chunk, "created": ids.created,
-                           "model": gen.model, "choices": [], "usage": usage(gen)});
-        frame.push_str("data: ");
-        frame.push_str(&chunk.to_string());
-        frame.push_str("\n\n");
-    }
-    frame.push_str("data: [DONE]\n\n");
 }
 
 /// `GET /v1/models`.
-pub(super) async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Json(json!({"object": "list", "data": [{
-        "id": st.cfg.model, "object": "model", "created": created, "owned_by": "vllm",
-        "root": st.cfg.model, "parent": null, "max_model_len": 8192,
-    }]}))
+async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {
+    let mut m = json!({"id": st.cfg.model, "object": "model", "created": unix_now(), "owned_by": owned_by(st.cfg.engine)});
+    if st.cfg.engine == EngineFlavor::Vllm {
+        m["root"] = json!(st.cfg.model);
+        m["parent"] = Value::Null;
+        m["max_model_len"] = json!(8192);
+    }
+    Json(json!({"object": "list", "data": [m]}))
 }

@@ -2,6 +2,7 @@
 
 pub mod aggregator;
 mod histogram;
+pub mod server;
 
 pub use aggregator::{Aggregator, Snapshot};
 pub use histogram::{Distribution, LatencyHistogram};
@@ -53,6 +54,8 @@ pub struct Stats {
     pub window_end: Option<Instant>,
     /// Stream messages parsed by the client (measured requests).
     pub messages: u64,
+    /// Timings reported by the server itself (successful measured requests).
+    pub server: server::ServerStats,
 }
 
 impl Default for Stats {
@@ -77,6 +80,7 @@ impl Default for Stats {
             window_start: None,
             window_end: None,
             messages: 0,
+            server: server::ServerStats::default(),
         }
     }
 }
@@ -152,6 +156,9 @@ impl Stats {
             TokenSource::Chunks => self.chunk_counted += 1,
         }
         self.output_tokens += out;
+        if let Some(t) = &r.server {
+            self.server.ingest(t);
+        }
         self.input_tokens += u64::from(r.usage.input_tokens.unwrap_or(requested_input_tokens));
         if e2e > Duration::ZERO && out > 0 {
             let rate = out as f64 / e2e.as_secs_f64();
@@ -188,6 +195,7 @@ impl Stats {
         self.chunk_counted += o.chunk_counted;
         self.busy += o.busy;
         self.messages += o.messages;
+        self.server.merge(&o.server);
         self.window_start = min_opt(self.window_start, o.window_start);
         self.window_end = max_opt(self.window_end, o.window_end);
     }

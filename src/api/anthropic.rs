@@ -1,0 +1,148 @@
+//! Anthropic Messages API streaming: `POST /v1/messages`.
+//!
+//! `message_start` carries input tokens, `content_block_delta` the text,
+//! `message_delta` the cumulative output tokens, `message_stop` ends the
+//! stream; `ping` events are ignored and an `error` event is an error.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
+    ParsedEvent, Protocol, Usage,
+};
+
+/// The `anthropic-version` header value sent.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The Anthropic Messages protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct Anthropic;
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    message: Option<MessageObj>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct MessageObj {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u32>,
+    output_tokens: Option<u32>,
+}
+
+impl Protocol for Anthropic {
+    fn build(&self, req: &GenRequest) -> HttpRequestSpec {
+        let body = json!({
+            "model": req.model, "max_tokens": req.max_tokens, "stream": true,
+            "messages": [{"role": "user", "content": req.prompt}],
+        });
+        HttpRequestSpec {
+            path: "/v1/messages".into(),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn framing(&self) -> Framing {
+        Framing::Sse
+    }
+
+    fn parse(&self, event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+        let ev: Event<'_> = from_json(data.trim())?;
+        if ev.kind == "error" || event == Some("error") {
+            let msg = ev.error.map_or_else(|| data.to_owned(), |e| e.to_string());
+            return Ok(ParsedEvent::error(&msg));
+        }
+        let mut out = ParsedEvent::default();
+        match ev.kind.as_ref() {
+            "message_start" => {
+                // message_start's output_tokens is a placeholder (≈1); only the input count is kept.
+                let u = ev.message.and_then(|m| m.usage);
+                out.usage = u.map(|u| Usage {
+                    input_tokens: u.input_tokens,
+                    output_tokens: None,
+                });
+            }
+            "content_block_delta" => {
+                out.content = ev
+                    .delta
+                    .is_some_and(|d| has_text(&d.text) || has_text(&d.thinking));
+            }
+            "message_delta" => {
+                out.usage = ev.usage.map(|u| Usage {
+                    input_tokens: u.input_tokens,
+                    output_tokens: u.output_tokens,
+                });
+            }
+            "message_stop" => out.done = true,
+            _ => {} // ping, content_block_start/stop and future event types
+        }
+        Ok(out)
+    }
+
+    fn key_env(&self) -> Option<&'static str> {
+        Some("ANTHROPIC_API_KEY")
+    }
+
+    fn auth(&self) -> AuthStyle {
+        AuthStyle::Header("x-api-key")
+    }
+
+    fn fixed_headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[("anthropic-version", ANTHROPIC_VERSION)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_classified() {
+        let p = Anthropic;
+        let start = p
+            .parse(Some("message_start"), r#"{"type":"message_start","message":{"usage":{"input_tokens":14,"output_tokens":1}}}"#)
+            .unwrap();
+        assert_eq!(
+            start.usage,
+            Some(Usage {
+                input_tokens: Some(14),
+                output_tokens: None
+            })
+        );
+        assert!(p.parse(None, r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#).unwrap().content);
+        assert_eq!(
+            p.parse(None, r#"{"type": "ping"}"#).unwrap(),
+            ParsedEvent::default()
+        );
+        let d = p.parse(None, r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":9}}"#).unwrap();
+        assert_eq!(d.usage.unwrap().output_tokens, Some(9));
+        assert!(p.parse(None, r#"{"type":"message_stop"}"#).unwrap().done);
+        let e = p.parse(Some("error"), r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#).unwrap();
+        assert!(e.error.unwrap().contains("Overloaded"));
+    }
+}
