@@ -11,9 +11,10 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use tokio::sync::watch;
 
 use crate::config::{BenchConfig, ConfigError};
-use crate::engine::{self, Controls, LoadPlan};
 use crate::engine::request::{error_chain, Transport};
-use crate::engine::workload::PromptSource;
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::workload::{self, SyntheticSpec, TokenLengths, Workload};
+use crate::engine::{self, Controls, LoadPlan, LoadShape, StopCondition};
 use crate::progress::Progress;
 use crate::report::RunReport;
 use crate::stats::aggregator::RecordsOut;
@@ -73,10 +74,11 @@ impl Outputs {
 pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
     cfg.validate()?;
     let mut outputs = Outputs::open(cfg)?;
+    let workload = build_workload(cfg)?;
     let client = build_client()?;
     preflight(&client, &cfg.url).await?;
     let transport = Arc::new(build_transport(cfg, client)?);
-    let report = measure(cfg, transport, controls, outputs.records.take()).await?;
+    let report = measure(cfg, transport, controls, outputs.records.take(), workload).await?;
     if let Some((path, file)) = outputs.json.take() {
         write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
     }
@@ -88,6 +90,7 @@ async fn measure(
     transport: Arc<Transport>,
     controls: Controls,
     records: Option<(PathBuf, File)>,
+    workload: Workload,
 ) -> Result<RunReport, BenchError> {
     let started_wall = time::OffsetDateTime::now_utc();
     let origin = Instant::now();
@@ -98,19 +101,26 @@ async fn measure(
         writer: Box::new(BufWriter::with_capacity(1 << 16, f)) as Box<dyn Write + Send>,
         origin,
     });
-    let aggregator = Aggregator::start(rx, cfg.input_tokens, records_out, snap_tx)
+    let initial = crate::stats::Stats {
+        series: crate::stats::TimeSeries::starting_at(origin),
+        slos: cfg.workload.slos.clone(),
+        ..Default::default()
+    };
+    let aggregator = Aggregator::start_with(rx, cfg.input_tokens, records_out, snap_tx, initial)
         .map_err(|e| BenchError::Internal(e.to_string()))?;
     let progress = Progress::start(cfg.progress, snap_rx, cfg.stop, cfg.warmup);
+    let distinct = workload.len();
     let plan = Arc::new(LoadPlan {
         concurrency: cfg.concurrency,
         stop: cfg.stop,
         warmup: cfg.warmup,
         model: cfg.model.clone(),
-        max_tokens: cfg.output_tokens,
         ignore_eos: cfg.ignore_eos,
-        prompts: PromptSource::new(cfg.input_tokens, cfg.seed),
+        workload,
+        shape: cfg.workload.shape,
+        ramp_up: cfg.workload.ramp_up,
     });
-    let outcome = engine::run_closed_loop(transport, plan, tx, controls).await;
+    let outcome = engine::run(transport, plan, tx, controls).await;
     let stats = aggregator.finish().map_err(|source| BenchError::Output {
         path: cfg.records_out.clone().unwrap_or_default(),
         source,
@@ -120,7 +130,48 @@ async fn measure(
         (Some(a), Some(b)) => Some((b - a).as_secs_f64()),
         _ => None,
     };
-    Ok(summary::build(cfg, &stats, &outcome, started_wall, cpu))
+    let mut report = summary::build(cfg, &stats, &outcome, started_wall, cpu);
+    summary::add_workload(&mut report, cfg, &stats, distinct);
+    Ok(report)
+}
+
+/// Most distinct prompts pre-built for one run; later requests reuse them.
+const MAX_DISTINCT_PROMPTS: usize = 20_000;
+
+/// How many distinct requests the run will likely need (warmup included).
+fn planned_requests(cfg: &BenchConfig) -> usize {
+    let ramp = cfg.workload.ramp_up.as_secs_f64();
+    let n = match (cfg.stop, cfg.workload.shape) {
+        (StopCondition::Requests(n), LoadShape::Open { arrivals, .. }) => n as f64 + arrivals.rate * ramp,
+        (StopCondition::Requests(n), LoadShape::Closed { .. }) => n as f64 + 4.0 * f64::from(cfg.concurrency),
+        (StopCondition::Duration(d), LoadShape::Open { arrivals, .. }) => arrivals.rate * (d.as_secs_f64() + ramp) * 1.1,
+        (StopCondition::Duration(_), LoadShape::Closed { .. }) => 4096.0,
+    };
+    (n as usize).saturating_add(cfg.warmup as usize).clamp(1, MAX_DISTINCT_PROMPTS)
+}
+
+/// Builds every request of the run before any load starts: tokenizes
+/// prompts and datasets, so nothing of it happens while requests are due.
+pub fn build_workload(cfg: &BenchConfig) -> Result<Workload, BenchError> {
+    let w = &cfg.workload;
+    let count = planned_requests(cfg);
+    let output = w.output.unwrap_or(TokenLengths::Fixed { n: cfg.output_tokens });
+    let Some(spec) = &w.tokenizer else {
+        return Ok(Workload::words(count, cfg.input_tokens, cfg.output_tokens, cfg.seed));
+    };
+    let tok = Tokenizer::load(spec).map_err(|e| ConfigError(e.0))?;
+    if let Some(ds) = &w.dataset {
+        let records = crate::engine::dataset::load(ds).map_err(|e| ConfigError(e.0))?;
+        return Ok(workload::from_dataset(&records, &tok, &output, count, cfg.seed));
+    }
+    let synth = SyntheticSpec {
+        input: w.input.unwrap_or(TokenLengths::Fixed { n: cfg.input_tokens }),
+        output,
+        prefix_tokens: w.prefix_tokens,
+        prefix_groups: w.prefix_groups,
+        seed: cfg.seed,
+    };
+    Ok(workload::synthetic(&synth, &tok, count))
 }
 
 /// Serialises the report as pretty JSON.

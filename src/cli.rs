@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::ApiKind;
 use crate::config::{normalize_base_url, BenchConfig, ProgressMode};
+use crate::engine::workload::TokenLengths;
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
 use crate::sim::SimConfig;
@@ -24,6 +25,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses `argv`, returning clap's error text (first line) on failure.
+    pub fn try_parse_from_checked(argv: Vec<std::ffi::OsString>) -> std::result::Result<(), String> {
+        Cli::try_parse_from(argv).map(|_| ()).map_err(|e| {
+            let text = e.to_string();
+            text.lines().next().unwrap_or("invalid value").trim_start_matches("error: ").to_owned()
+        })
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -33,6 +44,10 @@ pub enum Command {
     Mock(MockArgs),
     /// Run a short benchmark against the built-in simulator and show the result.
     Demo(DemoArgs),
+    /// Run a bench at each of several concurrencies or rates; find the knee and the SLO limit.
+    Sweep(crate::cli_workload::SweepArgs),
+    /// Write a commented example config file for --config.
+    Init(crate::cli_workload::InitArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -69,9 +84,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME", help_heading = "Target")]
     pub api_key_env: Option<String>,
 
-    /// Closed-loop workers: each sends its next request when its previous one ends.
-    #[arg(long, short = 'c', default_value_t = 1, help_heading = "Load")]
-    pub concurrency: u32,
+    /// Closed-loop workers: each sends its next request when its previous one ends (sweep: a list, e.g. 1,2,4).
+    #[arg(long, short = 'c', default_value = "1", value_delimiter = ',', help_heading = "Load")]
+    pub concurrency: Vec<u32>,
     /// Measured requests to send (after warmup) [default: 100 unless --duration is given].
     #[arg(long, short = 'n', conflicts_with = "duration", help_heading = "Load")]
     pub requests: Option<u64>,
@@ -81,12 +96,12 @@ pub struct BenchArgs {
     /// Requests sent first and excluded from statistics.
     #[arg(long, default_value_t = 8, help_heading = "Load")]
     pub warmup: u64,
-    /// Prompt length in tokens.
-    #[arg(long, default_value_t = 256, help_heading = "Load")]
-    pub input_tokens: u32,
-    /// max_tokens of each request.
-    #[arg(long, default_value_t = 128, help_heading = "Load")]
-    pub output_tokens: u32,
+    /// Prompt length in tokens: 512, 512:128 (normal mean:stddev), uniform:128-1024.
+    #[arg(long, default_value = "256", value_parser = parse_input_tokens, help_heading = "Load")]
+    pub input_tokens: TokenLengths,
+    /// max_tokens of each request: 128, 128:32 (normal), uniform:64-256.
+    #[arg(long, default_value = "128", value_parser = parse_output_tokens, help_heading = "Load")]
+    pub output_tokens: TokenLengths,
     /// Send ignore_eos so vLLM-style servers generate exactly --output-tokens.
     #[arg(long, help_heading = "Load")]
     pub ignore_eos: bool,
@@ -116,6 +131,10 @@ pub struct BenchArgs {
     /// After Ctrl-C, how long in-flight requests may finish.
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Client")]
     pub grace: Duration,
+
+    /// Load shapes, data and SLOs.
+    #[command(flatten)]
+    pub shape: crate::cli_workload::WorkloadArgs,
 }
 
 /// `throtl mock` flags.
@@ -158,11 +177,19 @@ pub struct DemoArgs {
     pub requests: u64,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_input_tokens(s: &str) -> Result<TokenLengths, String> {
+    TokenLengths::parse("--input-tokens", s)
+}
+
+fn parse_output_tokens(s: &str) -> Result<TokenLengths, String> {
+    TokenLengths::parse("--output-tokens", s)
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
 }
 
-fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
+pub(crate) fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
     if quiet {
         ProgressMode::Quiet
     } else if no_tui || !std::io::stderr().is_terminal() {
@@ -175,6 +202,16 @@ fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
 impl BenchArgs {
     /// Converts flags into a validated config (model resolved separately).
     pub fn to_config(&self, model: String) -> Result<BenchConfig> {
+        if self.concurrency.len() != 1 {
+            anyhow::bail!("--concurrency takes one value in bench; to try several, run: throtl sweep --concurrency {}", self.concurrency.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        }
+        let cfg = self.to_config_unchecked(model)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Converts flags into a config without validating it (sweep sets the level first).
+    pub fn to_config_unchecked(&self, model: String) -> Result<BenchConfig> {
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),
@@ -184,10 +221,10 @@ impl BenchArgs {
             url: normalize_base_url(&self.url)?,
             model,
             api: self.api.into(),
-            concurrency: self.concurrency,
+            concurrency: self.concurrency.first().copied().unwrap_or(1),
             stop,
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
+            input_tokens: self.input_tokens.mean(),
+            output_tokens: self.output_tokens.mean().max(1),
             warmup: self.warmup,
             timeout: self.timeout,
             ignore_eos: self.ignore_eos,
@@ -197,9 +234,9 @@ impl BenchArgs {
             progress: progress_mode(self.no_tui, self.quiet),
             grace: self.grace,
             api_key_env: self.api_key_env.clone(),
+            workload: self.shape.to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
         };
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(self.shape.apply_to(cfg))
     }
 }
 
@@ -224,6 +261,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => run_bench(&args),
         Command::Mock(args) => run_mock(&args),
         Command::Demo(args) => run_demo(&args),
+        Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
+        Command::Init(args) => crate::cli_workload::run_init(&args),
     }
 }
 
@@ -233,6 +272,10 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
         b.worker_threads(n.max(1));
     }
     b.enable_all().thread_name("throtl-client").build().context("cannot start the async runtime")
+}
+
+pub(crate) fn runtime_for(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    runtime(threads)
 }
 
 fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
@@ -262,6 +305,11 @@ fn exit_code(report: &RunReport) -> ExitCode {
         RunStatus::Interrupted => ExitCode::from(130),
         RunStatus::Completed => ExitCode::SUCCESS,
     }
+}
+
+/// Prints to stdout; a closed pipe (e.g. `| head`) is not an error.
+pub(crate) fn print_out(s: &str) {
+    print_stdout(s);
 }
 
 /// Prints to stdout; a closed pipe (e.g. `| head`) is not an error.

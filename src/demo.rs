@@ -38,6 +38,7 @@ pub async fn run(concurrency: u32, requests: u64, json: PathBuf) -> anyhow::Resu
         progress: if std::io::stderr().is_terminal() { ProgressMode::Bar } else { ProgressMode::Lines },
         grace: Duration::from_secs(2),
         api_key_env: None,
+        workload: Default::default(),
     };
     let report = crate::run_bench_with_interrupt(&cfg).await?;
     drop(server);

@@ -7,16 +7,20 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod cli_workload;
 pub mod config;
+pub mod config_file;
 pub mod demo;
 pub mod discover;
 pub mod engine;
 pub mod progress;
 pub mod report;
 pub mod sim;
+pub mod slo;
 pub mod stats;
 pub mod stream;
 pub mod summary;
+pub mod sweep;
 pub mod sys;
 
 use std::time::Duration;

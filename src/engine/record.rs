@@ -82,6 +82,10 @@ pub struct RequestRecord {
     pub usage: Usage,
     /// Stream messages parsed (content or not).
     pub messages: u32,
+    /// Open loop: the arrival found every `--max-concurrency` slot busy and waited.
+    pub held_by_cap: bool,
+    /// Prompt tokens as counted by the local tokenizer, when one built the prompt.
+    pub local_input_tokens: Option<u32>,
 }
 
 impl RequestRecord {
@@ -100,6 +104,8 @@ impl RequestRecord {
             error_sample: None,
             usage: Usage::default(),
             messages: 0,
+            held_by_cap: false,
+            local_input_tokens: None,
         }
     }
 
