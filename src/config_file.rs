@@ -74,6 +74,7 @@ fn preset_flags(name: &str) -> Option<&'static [(&'static str, &'static str)]> {
 pub struct ConfigFileError(pub String);
 
 /// One flag with its value(s), from a lower layer.
+#[derive(Debug)]
 pub(crate) struct Entry {
     key: String,
     values: Vec<String>,
@@ -253,6 +254,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
