@@ -57,7 +57,10 @@ pub struct Outputs {
 fn create(path: &Path) -> Result<(PathBuf, File), BenchError> {
     File::create(path)
         .map(|f| (path.to_owned(), f))
-        .map_err(|source| BenchError::Output { path: path.to_owned(), source })
+        .map_err(|source| BenchError::Output {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl Outputs {
@@ -142,12 +145,20 @@ const MAX_DISTINCT_PROMPTS: usize = 20_000;
 fn planned_requests(cfg: &BenchConfig) -> usize {
     let ramp = cfg.workload.ramp_up.as_secs_f64();
     let n = match (cfg.stop, cfg.workload.shape) {
-        (StopCondition::Requests(n), LoadShape::Open { arrivals, .. }) => n as f64 + arrivals.rate * ramp,
-        (StopCondition::Requests(n), LoadShape::Closed { .. }) => n as f64 + 4.0 * f64::from(cfg.concurrency),
-        (StopCondition::Duration(d), LoadShape::Open { arrivals, .. }) => arrivals.rate * (d.as_secs_f64() + ramp) * 1.1,
+        (StopCondition::Requests(n), LoadShape::Open { arrivals, .. }) => {
+            n as f64 + arrivals.rate * ramp
+        }
+        (StopCondition::Requests(n), LoadShape::Closed { .. }) => {
+            n as f64 + 4.0 * f64::from(cfg.concurrency)
+        }
+        (StopCondition::Duration(d), LoadShape::Open { arrivals, .. }) => {
+            arrivals.rate * (d.as_secs_f64() + ramp) * 1.1
+        }
         (StopCondition::Duration(_), LoadShape::Closed { .. }) => 4096.0,
     };
-    (n as usize).saturating_add(cfg.warmup as usize).clamp(1, MAX_DISTINCT_PROMPTS)
+    (n as usize)
+        .saturating_add(cfg.warmup as usize)
+        .clamp(1, MAX_DISTINCT_PROMPTS)
 }
 
 /// Builds every request of the run before any load starts: tokenizes
@@ -155,17 +166,28 @@ fn planned_requests(cfg: &BenchConfig) -> usize {
 pub fn build_workload(cfg: &BenchConfig) -> Result<Workload, BenchError> {
     let w = &cfg.workload;
     let count = planned_requests(cfg);
-    let output = w.output.unwrap_or(TokenLengths::Fixed { n: cfg.output_tokens });
+    let output = w.output.unwrap_or(TokenLengths::Fixed {
+        n: cfg.output_tokens,
+    });
     let Some(spec) = &w.tokenizer else {
-        return Ok(Workload::words(count, cfg.input_tokens, cfg.output_tokens, cfg.seed));
+        return Ok(Workload::words(
+            count,
+            cfg.input_tokens,
+            &output,
+            cfg.seed,
+        ));
     };
     let tok = Tokenizer::load(spec).map_err(|e| ConfigError(e.0))?;
     if let Some(ds) = &w.dataset {
         let records = crate::engine::dataset::load(ds).map_err(|e| ConfigError(e.0))?;
-        return Ok(workload::from_dataset(&records, &tok, &output, count, cfg.seed));
+        return Ok(workload::from_dataset(
+            &records, &tok, &output, count, cfg.seed,
+        ));
     }
     let synth = SyntheticSpec {
-        input: w.input.unwrap_or(TokenLengths::Fixed { n: cfg.input_tokens }),
+        input: w.input.unwrap_or(TokenLengths::Fixed {
+            n: cfg.input_tokens,
+        }),
         output,
         prefix_tokens: w.prefix_tokens,
         prefix_groups: w.prefix_groups,
@@ -197,7 +219,11 @@ pub fn build_client() -> Result<reqwest::Client, BenchError> {
 
 /// Fails fast when nothing answers at the target's address.
 async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), BenchError> {
-    let probe = client.get(url).timeout(Duration::from_secs(10)).send().await;
+    let probe = client
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
     match probe {
         Ok(_) => Ok(()),
         Err(e) if e.is_connect() || e.is_timeout() => Err(BenchError::Unreachable {
@@ -213,12 +239,17 @@ fn build_transport(cfg: &BenchConfig, client: reqwest::Client) -> Result<Transpo
     let key_var = cfg.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
     if let Ok(key) = std::env::var(key_var) {
         let mut v = HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-            ConfigError(format!("the API key in ${key_var} contains characters not allowed in an HTTP header"))
+            ConfigError(format!(
+                "the API key in ${key_var} contains characters not allowed in an HTTP header"
+            ))
         })?;
         v.set_sensitive(true);
         headers.insert(AUTHORIZATION, v);
     } else if cfg.api_key_env.is_some() {
-        return Err(ConfigError(format!("--api-key-env names '{key_var}', but that environment variable is not set")).into());
+        return Err(ConfigError(format!(
+            "--api-key-env names '{key_var}', but that environment variable is not set"
+        ))
+        .into());
     }
     Ok(Transport {
         client,

@@ -18,7 +18,13 @@ use crate::sim::SimConfig;
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
-#[command(name = "throtl", version, about, help_expected = true, propagate_version = true)]
+#[command(
+    name = "throtl",
+    version,
+    about,
+    help_expected = true,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -27,10 +33,16 @@ pub struct Cli {
 
 impl Cli {
     /// Parses `argv`, returning clap's error text (first line) on failure.
-    pub fn try_parse_from_checked(argv: Vec<std::ffi::OsString>) -> std::result::Result<(), String> {
+    pub fn try_parse_from_checked(
+        argv: Vec<std::ffi::OsString>,
+    ) -> std::result::Result<(), String> {
         Cli::try_parse_from(argv).map(|_| ()).map_err(|e| {
             let text = e.to_string();
-            text.lines().next().unwrap_or("invalid value").trim_start_matches("error: ").to_owned()
+            text.lines()
+                .next()
+                .unwrap_or("invalid value")
+                .trim_start_matches("error: ")
+                .to_owned()
         })
     }
 }
@@ -78,14 +90,25 @@ pub struct BenchArgs {
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,
     /// Wire protocol.
-    #[arg(long, value_enum, default_value = "openai-chat", help_heading = "Target")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "openai-chat",
+        help_heading = "Target"
+    )]
     pub api: ApiArg,
     /// Environment variable holding the API key, sent as a Bearer token [default: OPENAI_API_KEY if set].
     #[arg(long, value_name = "NAME", help_heading = "Target")]
     pub api_key_env: Option<String>,
 
     /// Closed-loop workers: each sends its next request when its previous one ends (sweep: a list, e.g. 1,2,4).
-    #[arg(long, short = 'c', default_value = "1", value_delimiter = ',', help_heading = "Load")]
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "1",
+        value_delimiter = ',',
+        help_heading = "Load"
+    )]
     pub concurrency: Vec<u32>,
     /// Measured requests to send (after warmup) [default: 100 unless --duration is given].
     #[arg(long, short = 'n', conflicts_with = "duration", help_heading = "Load")]
@@ -186,7 +209,8 @@ fn parse_output_tokens(s: &str) -> Result<TokenLengths, String> {
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
 }
 
 pub(crate) fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
@@ -234,7 +258,9 @@ impl BenchArgs {
             progress: progress_mode(self.no_tui, self.quiet),
             grace: self.grace,
             api_key_env: self.api_key_env.clone(),
-            workload: self.shape.to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
+            workload: self
+                .shape
+                .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
         };
         Ok(self.shape.apply_to(cfg))
     }
@@ -271,7 +297,10 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
     }
-    b.enable_all().thread_name("throtl-client").build().context("cannot start the async runtime")
+    b.enable_all()
+        .thread_name("throtl-client")
+        .build()
+        .context("cannot start the async runtime")
 }
 
 pub(crate) fn runtime_for(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
@@ -328,7 +357,8 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
     );
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
-    rt.block_on(async { tokio::signal::ctrl_c().await }).context("cannot wait for Ctrl-C")?;
+    rt.block_on(async { tokio::signal::ctrl_c().await })
+        .context("cannot wait for Ctrl-C")?;
     drop(handle);
     Ok(ExitCode::SUCCESS)
 }
@@ -336,7 +366,8 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
 fn run_demo(args: &DemoArgs) -> Result<ExitCode> {
     let rt = runtime(None)?;
     rt.block_on(async {
-        let (report, cfg) = crate::demo::run(args.concurrency, args.requests, args.json.clone()).await?;
+        let (report, cfg) =
+            crate::demo::run(args.concurrency, args.requests, args.json.clone()).await?;
         finish_report(&report, &cfg)
     })
 }
@@ -353,14 +384,25 @@ mod tests {
 
     #[test]
     fn requests_and_duration_conflict() {
-        let r = Cli::try_parse_from(["throtl", "bench", "--url", "http://x", "--requests", "5", "--duration", "1s"]);
+        let r = Cli::try_parse_from([
+            "throtl",
+            "bench",
+            "--url",
+            "http://x",
+            "--requests",
+            "5",
+            "--duration",
+            "1s",
+        ]);
         assert!(r.is_err());
     }
 
     #[test]
     fn zero_concurrency_is_rejected_with_the_flag_name() {
         let cli = Cli::try_parse_from(["throtl", "bench", "--url", "http://x", "-c", "0"]).unwrap();
-        let Command::Bench(b) = cli.command else { panic!("bench") };
+        let Command::Bench(b) = cli.command else {
+            panic!("bench")
+        };
         let err = b.to_config("m".into()).unwrap_err().to_string();
         assert!(err.contains("--concurrency"), "{err}");
     }

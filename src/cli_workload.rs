@@ -48,7 +48,12 @@ pub struct WorkloadArgs {
     #[arg(long, conflicts_with_all = ["concurrency", "users"], help_heading = "Load shape")]
     pub rate: Option<f64>,
     /// Open loop: arrival process.
-    #[arg(long, value_enum, default_value = "poisson", help_heading = "Load shape")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "poisson",
+        help_heading = "Load shape"
+    )]
     pub arrival: ArrivalArg,
     /// Gamma arrivals: coefficient of variation of the gaps (1 = Poisson, >1 bursty).
     #[arg(long, value_name = "CV", help_heading = "Load shape")]
@@ -100,7 +105,9 @@ fn parse_think_time(s: &str) -> Result<ThinkTime, String> {
         None => (parse_duration(s)?, Duration::ZERO),
     };
     if jitter > mean {
-        return Err(format!("--think-time '{s}': the jitter is larger than the mean"));
+        return Err(format!(
+            "--think-time '{s}': the jitter is larger than the mean"
+        ));
     }
     Ok(ThinkTime { mean, jitter })
 }
@@ -108,7 +115,9 @@ fn parse_think_time(s: &str) -> Result<ThinkTime, String> {
 impl WorkloadArgs {
     fn arrival_process(&self) -> Result<ArrivalProcess, ConfigError> {
         match (self.arrival, self.burstiness) {
-            (ArrivalArg::Gamma, cv) => Ok(ArrivalProcess::Gamma { cv: cv.unwrap_or(1.0) }),
+            (ArrivalArg::Gamma, cv) => Ok(ArrivalProcess::Gamma {
+                cv: cv.unwrap_or(1.0),
+            }),
             (_, Some(_)) => Err(ConfigError("--burstiness needs --arrival gamma".into())),
             (ArrivalArg::Constant, None) => Ok(ArrivalProcess::Constant),
             (ArrivalArg::Poisson, None) => Ok(ArrivalProcess::Poisson),
@@ -120,22 +129,39 @@ impl WorkloadArgs {
         match self.rate {
             Some(rate) => {
                 if self.think_time.is_some() {
-                    return Err(ConfigError("--think-time applies to --users, not to an open loop (--rate)".into()));
+                    return Err(ConfigError(
+                        "--think-time applies to --users, not to an open loop (--rate)".into(),
+                    ));
                 }
-                let arrivals = ArrivalConfig { rate, process: self.arrival_process()?, seed, ramp_up };
-                Ok(LoadShape::Open { arrivals, max_concurrency: self.max_concurrency })
+                let arrivals = ArrivalConfig {
+                    rate,
+                    process: self.arrival_process()?,
+                    seed,
+                    ramp_up,
+                };
+                Ok(LoadShape::Open {
+                    arrivals,
+                    max_concurrency: self.max_concurrency,
+                })
             }
             None => {
                 if self.max_concurrency.is_some() {
                     return Err(ConfigError("--max-concurrency caps an open loop; add --rate, or use --concurrency for a closed loop".into()));
                 }
-                Ok(LoadShape::Closed { think: self.think_time })
+                Ok(LoadShape::Closed {
+                    think: self.think_time,
+                })
             }
         }
     }
 
     /// The validated workload options.
-    pub fn to_options(&self, input: &TokenLengths, output: &TokenLengths, seed: u64) -> Result<WorkloadOptions, ConfigError> {
+    pub fn to_options(
+        &self,
+        input: &TokenLengths,
+        output: &TokenLengths,
+        seed: u64,
+    ) -> Result<WorkloadOptions, ConfigError> {
         let tokenizer = match self.tokenizer.as_str() {
             "words" | "none" => None,
             s => Some(TokenizerSpec::parse(s)),
@@ -216,24 +242,42 @@ pub fn run_sweep(args: &SweepArgs) -> Result<ExitCode> {
         let mut cfg = args.bench.to_config_unchecked(model)?;
         cfg.concurrency = args.bench.concurrency.first().copied().unwrap_or(1);
         cfg.validate()?;
-        let sweep = SweepConfig { json_out: cfg.json_out.clone(), base: cfg, axis };
+        let sweep = SweepConfig {
+            json_out: cfg.json_out.clone(),
+            base: cfg,
+            axis,
+        };
         let controls = crate::engine::Controls::default();
         let report = crate::sweep::run(&sweep, controls, |s| {
-            eprintln!("step {}: {:.2} req/s, TTFT p95 {:.1} ms", s.load, s.run.throughput.requests_per_s, s.run.latency_ms.ttft.p95);
+            eprintln!(
+                "step {}: {:.2} req/s, TTFT p95 {:.1} ms",
+                s.load, s.run.throughput.requests_per_s, s.run.latency_ms.ttft.p95
+            );
         })
         .await?;
         crate::cli::print_out(&crate::sweep::render(&report));
-        Ok(if report.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+        Ok(if report.interrupted {
+            ExitCode::from(130)
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
 
 /// Runs `throtl init`.
 pub fn run_init(args: &InitArgs) -> Result<ExitCode> {
     if args.path.exists() && !args.force {
-        bail!("'{}' exists; pass --force to overwrite it", args.path.display());
+        bail!(
+            "'{}' exists; pass --force to overwrite it",
+            args.path.display()
+        );
     }
     std::fs::write(&args.path, crate::config_file::EXAMPLE)
         .with_context(|| format!("cannot write '{}'", args.path.display()))?;
-    eprintln!("wrote {}; run it with: throtl bench --config {}", args.path.display(), args.path.display());
+    eprintln!(
+        "wrote {}; run it with: throtl bench --config {}",
+        args.path.display(),
+        args.path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::api::ApiKind;
-use crate::engine::arrival::{ArrivalProcess, Arrivals};
+use crate::engine::arrival::Arrivals;
 use crate::engine::dataset::DatasetSpec;
 use crate::engine::tokenizer::TokenizerSpec;
 use crate::engine::workload::TokenLengths;
@@ -120,27 +120,38 @@ impl Default for WorkloadOptions {
 impl WorkloadOptions {
     /// Checks the load-shape and workload rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let LoadShape::Open { arrivals, max_concurrency } = &self.shape {
+        if let LoadShape::Open {
+            arrivals,
+            max_concurrency,
+        } = &self.shape
+        {
             Arrivals::new(arrivals).map_err(|e| ConfigError(e.0))?;
             if *max_concurrency == Some(0) {
-                return Err(ConfigError("--max-concurrency must be at least 1 (leave it out for no cap)".into()));
-            }
-            if let ArrivalProcess::Gamma { cv } = arrivals.process {
-                if !(cv > 0.0) {
-                    return Err(ConfigError(format!("--burstiness '{cv}' must be above 0")));
-                }
+                return Err(ConfigError(
+                    "--max-concurrency must be at least 1 (leave it out for no cap)".into(),
+                ));
             }
         }
         if self.prefix_groups == 0 {
             return Err(ConfigError("--prefix-groups must be at least 1".into()));
         }
         if !(self.slo_percentile > 0.0 && self.slo_percentile <= 100.0) {
-            return Err(ConfigError(format!("--slo-percentile '{}' must be in (0, 100], e.g. 95", self.slo_percentile)));
+            return Err(ConfigError(format!(
+                "--slo-percentile '{}' must be in (0, 100], e.g. 95",
+                self.slo_percentile
+            )));
         }
         if self.dataset.is_some() && self.prefix_tokens > 0 {
-            return Err(ConfigError("--prefix-tokens works with synthetic prompts only; drop it or --dataset".into()));
+            return Err(ConfigError(
+                "--prefix-tokens works with synthetic prompts only; drop it or --dataset".into(),
+            ));
         }
-        if self.tokenizer.is_none() && (self.dataset.is_some() || self.input.is_some_and(|i| !matches!(i, TokenLengths::Fixed { .. }))) {
+        if self.tokenizer.is_none()
+            && (self.dataset.is_some()
+                || self
+                    .input
+                    .is_some_and(|i| !matches!(i, TokenLengths::Fixed { .. })))
+        {
             return Err(ConfigError("this workload needs a tokenizer: add --tokenizer cl100k_base (or a tokenizer.json path)".into()));
         }
         Ok(())
@@ -189,10 +200,14 @@ impl BenchConfig {
 /// Normalises a base URL: requires http(s), drops a trailing `/` and `/v1`.
 pub fn normalize_base_url(raw: &str) -> Result<String, ConfigError> {
     let url = reqwest::Url::parse(raw).map_err(|e| {
-        ConfigError(format!("--url '{raw}' is not a valid URL ({e}); use e.g. 'http://127.0.0.1:8000'"))
+        ConfigError(format!(
+            "--url '{raw}' is not a valid URL ({e}); use e.g. 'http://127.0.0.1:8000'"
+        ))
     })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError(format!("--url '{raw}' must start with http:// or https://")));
+        return Err(ConfigError(format!(
+            "--url '{raw}' must start with http:// or https://"
+        )));
     }
     let mut s = raw.trim_end_matches('/').to_owned();
     if s.ends_with("/v1") {

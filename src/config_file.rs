@@ -61,9 +61,27 @@ slo-percentile: 95
 /// Built-in presets as flag lists.
 fn preset_flags(name: &str) -> Option<&'static [(&'static str, &'static str)]> {
     Some(match name {
-        "quick" => &[("requests", "50"), ("concurrency", "4"), ("warmup", "4"), ("input-tokens", "256"), ("output-tokens", "128")],
-        "standard" => &[("requests", "500"), ("concurrency", "16"), ("warmup", "16"), ("input-tokens", "512:128"), ("output-tokens", "256:64")],
-        "stress" => &[("duration", "5m"), ("concurrency", "128"), ("warmup", "64"), ("input-tokens", "uniform:128-2048"), ("output-tokens", "uniform:64-512")],
+        "quick" => &[
+            ("requests", "50"),
+            ("concurrency", "4"),
+            ("warmup", "4"),
+            ("input-tokens", "256"),
+            ("output-tokens", "128"),
+        ],
+        "standard" => &[
+            ("requests", "500"),
+            ("concurrency", "16"),
+            ("warmup", "16"),
+            ("input-tokens", "512:128"),
+            ("output-tokens", "256:64"),
+        ],
+        "stress" => &[
+            ("duration", "5m"),
+            ("concurrency", "128"),
+            ("warmup", "64"),
+            ("input-tokens", "uniform:128-2048"),
+            ("output-tokens", "uniform:64-512"),
+        ],
         _ => return None,
     })
 }
@@ -84,16 +102,29 @@ pub(crate) struct Entry {
 /// Expands `--preset`/`--config` of a `bench` or `sweep` command line into
 /// flags placed before the user's own; other commands pass through.
 pub fn expand_args(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileError> {
-    let sub = argv.get(1).and_then(|s| s.to_str()).unwrap_or("").to_owned();
+    let sub = argv
+        .get(1)
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_owned();
     if sub != "bench" && sub != "sweep" {
         return Ok(argv);
     }
-    let rest: Vec<String> = argv[2..].iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    let rest: Vec<String> = argv[2..]
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
     let given = given_keys(&rest);
     let mut layers = Vec::new();
     if let Some(p) = option_value(&rest, "preset") {
-        let flags = preset_flags(&p).ok_or_else(|| ConfigFileError(format!("--preset '{p}': use quick, standard or stress")))?;
-        layers.extend(flags.iter().map(|(k, v)| Entry { key: (*k).into(), values: vec![(*v).into()], switch: false }));
+        let flags = preset_flags(&p).ok_or_else(|| {
+            ConfigFileError(format!("--preset '{p}': use quick, standard or stress"))
+        })?;
+        layers.extend(flags.iter().map(|(k, v)| Entry {
+            key: (*k).into(),
+            values: vec![(*v).into()],
+            switch: false,
+        }));
     }
     if let Some(path) = option_value(&rest, "config") {
         layers.extend(read_file(Path::new(&path), &sub)?);
@@ -118,13 +149,22 @@ fn push_entry(out: &mut Vec<OsString>, e: &Entry) {
 
 /// Long names of the flags given on the command line.
 fn given_keys(rest: &[String]) -> Vec<String> {
-    let shorts = [("-c", "concurrency"), ("-n", "requests"), ("-d", "duration"), ("-m", "model"), ("-q", "quiet")];
+    let shorts = [
+        ("-c", "concurrency"),
+        ("-n", "requests"),
+        ("-d", "duration"),
+        ("-m", "model"),
+        ("-q", "quiet"),
+    ];
     rest.iter()
         .filter_map(|a| {
             if let Some(long) = a.strip_prefix("--") {
                 return Some(long.split('=').next().unwrap_or(long).to_owned());
             }
-            shorts.iter().find(|(s, _)| a.starts_with(s)).map(|(_, l)| (*l).to_owned())
+            shorts
+                .iter()
+                .find(|(s, _)| a.starts_with(s))
+                .map(|(_, l)| (*l).to_owned())
         })
         .collect()
 }
@@ -132,7 +172,12 @@ fn given_keys(rest: &[String]) -> Vec<String> {
 /// Flags that replace each other: giving one on the command line drops the others from lower layers.
 fn overridden(key: &str, given: &[String]) -> bool {
     let groups: [&[&str]; 2] = [&["requests", "duration"], &["rate", "concurrency", "users"]];
-    given.iter().any(|g| g == key || groups.iter().any(|grp| grp.contains(&key) && grp.contains(&g.as_str())))
+    given.iter().any(|g| {
+        g == key
+            || groups
+                .iter()
+                .any(|grp| grp.contains(&key) && grp.contains(&g.as_str()))
+    })
 }
 
 fn option_value(rest: &[String], name: &str) -> Option<String> {
@@ -156,16 +201,23 @@ fn read_file(path: &Path, sub: &str) -> Result<Vec<Entry>, ConfigFileError> {
 }
 
 /// Parses a config text into flag entries, checking every key and value.
-pub(crate) fn parse_config(name: &str, text: &str, sub: &str) -> Result<Vec<Entry>, ConfigFileError> {
+pub(crate) fn parse_config(
+    name: &str,
+    text: &str,
+    sub: &str,
+) -> Result<Vec<Entry>, ConfigFileError> {
     let doc: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
         let at = e.location().map_or(String::new(), |l| format!(":{}", l.line()));
         ConfigFileError(format!("{name}{at}: not valid YAML: {e}. Write one 'flag-name: value' per line (see `throtl init`)"))
     })?;
-    let map = match doc {
-        serde_norway::Value::Mapping(m) => m,
-        serde_norway::Value::Null => return Ok(Vec::new()),
-        _ => return Err(ConfigFileError(format!("{name}: the file must be a mapping of flag names to values, e.g. 'concurrency: 8'"))),
-    };
+    let map =
+        match doc {
+            serde_norway::Value::Mapping(m) => m,
+            serde_norway::Value::Null => return Ok(Vec::new()),
+            _ => return Err(ConfigFileError(format!(
+                "{name}: the file must be a mapping of flag names to values, e.g. 'concurrency: 8'"
+            ))),
+        };
     let known = known_flags(sub);
     let mut out = Vec::new();
     for (k, v) in map {
@@ -173,9 +225,13 @@ pub(crate) fn parse_config(name: &str, text: &str, sub: &str) -> Result<Vec<Entr
         let key = raw.replace('_', "-");
         let at = format!("{name}:{}", line_of(text, &raw));
         if !known.contains(&key) || key == "config" || key == "preset" {
-            return Err(ConfigFileError(format!("{at}: unknown key '{raw}'{}", suggest(&key, &known))));
+            return Err(ConfigFileError(format!(
+                "{at}: unknown key '{raw}'{}",
+                suggest(&key, &known)
+            )));
         }
-        let entry = entry_of(&key, v).map_err(|m| ConfigFileError(format!("{at}: key '{raw}': {m}")))?;
+        let entry =
+            entry_of(&key, v).map_err(|m| ConfigFileError(format!("{at}: key '{raw}': {m}")))?;
         check_value(sub, &entry).map_err(|m| ConfigFileError(format!("{at}: key '{raw}': {m}")))?;
         out.push(entry);
     }
@@ -194,13 +250,29 @@ fn entry_of(key: &str, v: serde_norway::Value) -> Result<Entry, String> {
     };
     let comma_list = ["concurrency", "rates"].contains(&key);
     match v {
-        V::Bool(b) => Ok(Entry { key: key.into(), values: if b { vec![] } else { vec!["false".into()] }, switch: b }),
+        V::Bool(b) => Ok(Entry {
+            key: key.into(),
+            values: if b { vec![] } else { vec!["false".into()] },
+            switch: b,
+        }),
         V::Sequence(items) => {
             let vals = items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?;
-            let values = if comma_list { vec![vals.join(",")] } else { vals };
-            Ok(Entry { key: key.into(), values, switch: false })
+            let values = if comma_list {
+                vec![vals.join(",")]
+            } else {
+                vals
+            };
+            Ok(Entry {
+                key: key.into(),
+                values,
+                switch: false,
+            })
         }
-        other => Ok(Entry { key: key.into(), values: vec![scalar(&other)?], switch: false }),
+        other => Ok(Entry {
+            key: key.into(),
+            values: vec![scalar(&other)?],
+            switch: false,
+        }),
     }
 }
 
@@ -220,18 +292,29 @@ fn check_value(sub: &str, e: &Entry) -> Result<(), String> {
 fn known_flags(sub: &str) -> Vec<String> {
     let cmd = Cli::command();
     cmd.find_subcommand(sub)
-        .map(|c| c.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect())
+        .map(|c| {
+            c.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn line_of(text: &str, key: &str) -> usize {
     text.lines()
-        .position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')))
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
         .map_or(0, |i| i + 1)
 }
 
 fn suggest(key: &str, known: &[String]) -> String {
-    let best = known.iter().map(|k| (edit_distance(key, k), k)).min_by_key(|(d, _)| *d);
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(key, k), k))
+        .min_by_key(|(d, _)| *d);
     match best {
         Some((d, k)) if d <= 3 => format!("; did you mean '{k}'?"),
         _ => "; keys are the long flag names of `throtl bench --help`".into(),
@@ -244,7 +327,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -263,16 +350,31 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         let entries = parse_config("throtl.yaml", EXAMPLE, "bench").unwrap();
-        assert!(entries.iter().any(|e| e.key == "slo" && e.values.len() == 2));
+        assert!(entries
+            .iter()
+            .any(|e| e.key == "slo" && e.values.len() == 2));
     }
 
     #[test]
     fn config_errors_name_line_key_and_fix() {
-        let e = parse_config("c.yaml", "requests: 10\nconcurrenci: 4\n", "bench").unwrap_err().0;
-        assert!(e.starts_with("c.yaml:2: unknown key 'concurrenci'") && e.contains("did you mean 'concurrency'"), "{e}");
-        let e = parse_config("c.yaml", "\n\nrate: fast\n", "bench").unwrap_err().0;
-        assert!(e.starts_with("c.yaml:3: key 'rate'") && e.contains("fast"), "{e}");
-        let e = parse_config("c.yaml", "slo: [ttft=soon]\n", "bench").unwrap_err().0;
+        let e = parse_config("c.yaml", "requests: 10\nconcurrenci: 4\n", "bench")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("c.yaml:2: unknown key 'concurrenci'")
+                && e.contains("did you mean 'concurrency'"),
+            "{e}"
+        );
+        let e = parse_config("c.yaml", "\n\nrate: fast\n", "bench")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("c.yaml:3: key 'rate'") && e.contains("fast"),
+            "{e}"
+        );
+        let e = parse_config("c.yaml", "slo: [ttft=soon]\n", "bench")
+            .unwrap_err()
+            .0;
         assert!(e.starts_with("c.yaml:1: key 'slo'"), "{e}");
         let e = parse_config("c.yaml", "a: [1\n", "bench").unwrap_err().0;
         assert!(e.contains("not valid YAML"), "{e}");
@@ -282,15 +384,43 @@ mod tests {
     fn flags_override_config_and_preset() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.yaml");
-        std::fs::write(&p, "url: http://h:1\nconcurrency: 8\nrequests: 40\nslo: [ttft=1s]\n").unwrap();
-        let argv = os(&["throtl", "bench", "--preset", "quick", "--config", p.to_str().unwrap(), "-c", "2", "--duration", "5s"]);
-        let out: Vec<String> = expand_args(argv).unwrap().iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        std::fs::write(
+            &p,
+            "url: http://h:1\nconcurrency: 8\nrequests: 40\nslo: [ttft=1s]\n",
+        )
+        .unwrap();
+        let argv = os(&[
+            "throtl",
+            "bench",
+            "--preset",
+            "quick",
+            "--config",
+            p.to_str().unwrap(),
+            "-c",
+            "2",
+            "--duration",
+            "5s",
+        ]);
+        let out: Vec<String> = expand_args(argv)
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
         assert!(out.contains(&"--url=http://h:1".to_owned()));
         assert!(out.contains(&"--slo=ttft=1s".to_owned()));
-        assert!(!out.iter().any(|a| a.starts_with("--concurrency=") || a.starts_with("--requests=")), "{out:?}");
-        assert!(out.contains(&"--warmup=4".to_owned()), "preset applies: {out:?}");
+        assert!(
+            !out.iter()
+                .any(|a| a.starts_with("--concurrency=") || a.starts_with("--requests=")),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&"--warmup=4".to_owned()),
+            "preset applies: {out:?}"
+        );
         let cli = Cli::try_parse_from(&out).unwrap();
-        let crate::cli::Command::Bench(b) = cli.command else { panic!() };
+        let crate::cli::Command::Bench(b) = cli.command else {
+            panic!()
+        };
         assert_eq!(b.concurrency, vec![2]);
         assert_eq!(b.duration, Some(std::time::Duration::from_secs(5)));
     }

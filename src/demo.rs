@@ -13,8 +13,15 @@ use crate::sim::{self, SimConfig};
 
 /// Starts the simulator on a free port (TTFT 100 ms, ITL 20 ms, 64 tokens)
 /// and benchmarks it; returns the report and the config used.
-pub async fn run(concurrency: u32, requests: u64, json: PathBuf) -> anyhow::Result<(RunReport, BenchConfig)> {
-    let sim_cfg = SimConfig { worker_threads: 1, ..SimConfig::default() };
+pub async fn run(
+    concurrency: u32,
+    requests: u64,
+    json: PathBuf,
+) -> anyhow::Result<(RunReport, BenchConfig)> {
+    let sim_cfg = SimConfig {
+        worker_threads: 1,
+        ..SimConfig::default()
+    };
     let (ttft, itl) = (sim_cfg.ttft, sim_cfg.itl);
     let server = sim::start(sim_cfg)?;
     eprintln!(
@@ -35,7 +42,11 @@ pub async fn run(concurrency: u32, requests: u64, json: PathBuf) -> anyhow::Resu
         seed: 0,
         json_out: Some(json),
         records_out: None,
-        progress: if std::io::stderr().is_terminal() { ProgressMode::Bar } else { ProgressMode::Lines },
+        progress: if std::io::stderr().is_terminal() {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Lines
+        },
         grace: Duration::from_secs(2),
         api_key_env: None,
         workload: Default::default(),

@@ -13,9 +13,16 @@ pub async fn first_model(base: &str) -> Result<String> {
         .timeout(Duration::from_secs(10))
         .send()
         .await
-        .with_context(|| format!("cannot reach {url} to find the model name; is the server running? Or pass --model"))?;
+        .with_context(|| {
+            format!(
+                "cannot reach {url} to find the model name; is the server running? Or pass --model"
+            )
+        })?;
     if !resp.status().is_success() {
-        bail!("{url} answered HTTP {}; pass the model name with --model", resp.status());
+        bail!(
+            "{url} answered HTTP {}; pass the model name with --model",
+            resp.status()
+        );
     }
     let v: serde_json::Value = resp
         .json()

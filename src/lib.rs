@@ -35,7 +35,11 @@ use report::RunReport;
 /// expiring) cancels them. The report is then marked interrupted.
 pub async fn run_bench_with_interrupt(cfg: &BenchConfig) -> Result<RunReport, BenchError> {
     let controls = Controls::default();
-    let watcher = tokio::spawn(watch_interrupts(controls.clone(), cfg.grace, cfg.progress != ProgressMode::Quiet));
+    let watcher = tokio::spawn(watch_interrupts(
+        controls.clone(),
+        cfg.grace,
+        cfg.progress != ProgressMode::Quiet,
+    ));
     let result = bench::run(cfg, controls).await;
     watcher.abort();
     result

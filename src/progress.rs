@@ -22,7 +22,12 @@ pub struct Progress {
 
 impl Progress {
     /// Starts showing progress in `mode` (nothing for `Quiet`).
-    pub fn start(mode: ProgressMode, rx: watch::Receiver<Arc<Snapshot>>, stop_at: StopCondition, warmup: u64) -> Self {
+    pub fn start(
+        mode: ProgressMode,
+        rx: watch::Receiver<Arc<Snapshot>>,
+        stop_at: StopCondition,
+        warmup: u64,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = match mode {
@@ -44,10 +49,20 @@ impl Progress {
     }
 }
 
-fn draw_loop(mode: ProgressMode, rx: watch::Receiver<Arc<Snapshot>>, stop_at: StopCondition, warmup: u64, stop: &AtomicBool) {
+fn draw_loop(
+    mode: ProgressMode,
+    rx: watch::Receiver<Arc<Snapshot>>,
+    stop_at: StopCondition,
+    warmup: u64,
+    stop: &AtomicBool,
+) {
     let started = Instant::now();
     let bar = (mode == ProgressMode::Bar).then(|| new_bar(stop_at));
-    let period = if bar.is_some() { Duration::from_millis(100) } else { Duration::from_secs(5) };
+    let period = if bar.is_some() {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(5)
+    };
     let mut last_line = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));

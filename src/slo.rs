@@ -43,18 +43,23 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 impl Slo {
     /// Parses `ttft=500ms`, `tpot=50ms`, `itl=80ms` or `e2e=10s`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (name, value) = s
-            .split_once('=')
-            .ok_or_else(|| format!("--slo '{s}': write METRIC=DURATION, e.g. ttft=500ms or tpot=50ms"))?;
+        let (name, value) = s.split_once('=').ok_or_else(|| {
+            format!("--slo '{s}': write METRIC=DURATION, e.g. ttft=500ms or tpot=50ms")
+        })?;
         let metric = match name.trim() {
             "ttft" => SloMetric::Ttft,
             "tpot" => SloMetric::Tpot,
             "itl" => SloMetric::Itl,
             "e2e" => SloMetric::E2e,
-            other => return Err(format!("--slo '{s}': unknown metric '{other}'; use ttft, tpot, itl or e2e")),
+            other => {
+                return Err(format!(
+                    "--slo '{s}': unknown metric '{other}'; use ttft, tpot, itl or e2e"
+                ))
+            }
         };
-        let threshold = humantime::parse_duration(value.trim())
-            .map_err(|e| format!("--slo '{s}': '{value}' is not a duration ({e}); write e.g. 500ms"))?;
+        let threshold = humantime::parse_duration(value.trim()).map_err(|e| {
+            format!("--slo '{s}': '{value}' is not a duration ({e}); write e.g. 500ms")
+        })?;
         Ok(Slo { metric, threshold })
     }
 
@@ -72,7 +77,10 @@ impl Slo {
 /// True when `r` succeeded and meets every objective (a metric the request
 /// lacks, like TPOT of a one-token answer, does not fail it).
 pub fn is_good(slos: &[Slo], r: &RequestRecord) -> bool {
-    r.is_ok() && slos.iter().all(|s| s.value(r).is_none_or(|v| v <= s.threshold))
+    r.is_ok()
+        && slos
+            .iter()
+            .all(|s| s.value(r).is_none_or(|v| v <= s.threshold))
 }
 
 /// How one objective fared.
@@ -112,8 +120,13 @@ mod tests {
 
     #[test]
     fn slos_parse_and_judge_requests() {
-        assert_eq!(Slo::parse("ttft=500ms").unwrap().threshold, Duration::from_millis(500));
-        assert!(Slo::parse("ttfb=1s").unwrap_err().contains("unknown metric"));
+        assert_eq!(
+            Slo::parse("ttft=500ms").unwrap().threshold,
+            Duration::from_millis(500)
+        );
+        assert!(Slo::parse("ttfb=1s")
+            .unwrap_err()
+            .contains("unknown metric"));
         assert!(Slo::parse("ttft").unwrap_err().contains("METRIC=DURATION"));
         assert!(Slo::parse("tpot=fast").unwrap_err().contains("'fast'"));
         let t0 = Instant::now();
@@ -121,7 +134,10 @@ mod tests {
         let mut r = RequestRecord::new(0, false, t0, 4);
         r.token_times = vec![t0 + ms(100), t0 + ms(110), t0 + ms(150)];
         r.end = t0 + ms(150);
-        let slos = [Slo::parse("ttft=120ms").unwrap(), Slo::parse("tpot=30ms").unwrap()];
+        let slos = [
+            Slo::parse("ttft=120ms").unwrap(),
+            Slo::parse("tpot=30ms").unwrap(),
+        ];
         assert!(is_good(&slos, &r)); // tpot = 50/2 = 25 ms
         assert!(!is_good(&[Slo::parse("itl=30ms").unwrap()], &r)); // largest gap 40 ms
         r.error = Some(crate::engine::record::ErrorClass::Timeout);

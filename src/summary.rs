@@ -1,14 +1,14 @@
 //! Turns final statistics into the [`RunReport`].
 
 use crate::config::BenchConfig;
+use crate::engine::arrival::ArrivalProcess;
+use crate::engine::dataset::DatasetSpec;
 use crate::engine::EngineOutcome;
+use crate::engine::LoadShape;
 use crate::report::{
     ClientChecks, Environment, Latencies, LoadInfo, RequestCounts, RunReport, RunStatus,
     TargetInfo, Throughput, TokenTotals, RUN_SCHEMA,
 };
-use crate::engine::arrival::ArrivalProcess;
-use crate::engine::dataset::DatasetSpec;
-use crate::engine::LoadShape;
 use crate::report::{ScheduleReport, WorkloadReport};
 use crate::slo::{SloObjectiveReport, SloReport};
 use crate::stats::{ArrivalCounts, Stats, LATE_AFTER};
@@ -26,15 +26,27 @@ pub fn build(
     let mut report = RunReport {
         schema: RUN_SCHEMA.into(),
         run_id: run_id(started),
-        status: if outcome.interrupted { RunStatus::Interrupted } else { RunStatus::Completed },
+        status: if outcome.interrupted {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Completed
+        },
         started_at: rfc3339(started),
         duration_s: (outcome.ended - outcome.started).as_secs_f64(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        target: TargetInfo { url: cfg.url.clone(), api: cfg.api.to_string(), model: cfg.model.clone() },
+        target: TargetInfo {
+            url: cfg.url.clone(),
+            api: cfg.api.to_string(),
+            model: cfg.model.clone(),
+        },
         load: LoadInfo {
             mode: "closed".into(),
             concurrency: cfg.concurrency,
-            achieved_concurrency: if window > 0.0 { s.busy.as_secs_f64() / window } else { 0.0 },
+            achieved_concurrency: if window > 0.0 {
+                s.busy.as_secs_f64() / window
+            } else {
+                0.0
+            },
             peak_in_flight: outcome.peak_in_flight,
             warmup_requests: s.warmup,
             max_tokens: cfg.output_tokens,
@@ -90,7 +102,9 @@ pub fn add_workload(report: &mut RunReport, cfg: &BenchConfig, s: &Stats, distin
     report.load.mode = schedule.mode.clone();
     if schedule.mode != "closed" {
         // Users with think time or an open loop do not aim at `concurrency` in flight.
-        report.warnings.retain(|w| !w.starts_with("achieved concurrency"));
+        report
+            .warnings
+            .retain(|w| !w.starts_with("achieved concurrency"));
     }
     report.schedule = Some(schedule);
     report.workload = Some(workload_report(cfg, s, distinct_prompts));
@@ -114,7 +128,11 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
         arrivals: a.total(),
         offered_rate_per_s: ArrivalCounts::rate(a.total(), a.scheduled_span),
         sent_rate_per_s: ArrivalCounts::rate(a.total(), a.sent_span),
-        completed_rate_per_s: if window > 0.0 { finished as f64 / window } else { 0.0 },
+        completed_rate_per_s: if window > 0.0 {
+            finished as f64 / window
+        } else {
+            0.0
+        },
         on_time: a.on_time,
         late: a.late,
         held_by_cap: a.held,
@@ -126,7 +144,10 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
             r.think_time_s = Some(t.mean.as_secs_f64());
         }
         LoadShape::Closed { think: None } => {}
-        LoadShape::Open { arrivals, max_concurrency } => {
+        LoadShape::Open {
+            arrivals,
+            max_concurrency,
+        } => {
             r.mode = "open".into();
             r.target_rate_per_s = Some(arrivals.rate);
             r.max_concurrency = max_concurrency;
@@ -174,9 +195,18 @@ fn slo_report(cfg: &BenchConfig, s: &Stats, window: f64) -> Option<SloReport> {
                 crate::slo::SloMetric::Itl => &s.itl,
                 crate::slo::SloMetric::E2e => &s.e2e,
             };
-            let observed_ms = if h.count() == 0 { f64::INFINITY } else { h.inner().value_at_quantile(q) as f64 / 1000.0 };
+            let observed_ms = if h.count() == 0 {
+                f64::INFINITY
+            } else {
+                h.inner().value_at_quantile(q) as f64 / 1000.0
+            };
             let threshold_ms = o.threshold.as_secs_f64() * 1000.0;
-            SloObjectiveReport { metric: o.metric, threshold_ms, observed_ms, met: observed_ms <= threshold_ms }
+            SloObjectiveReport {
+                metric: o.metric,
+                threshold_ms,
+                observed_ms,
+                met: observed_ms <= threshold_ms,
+            }
         })
         .collect();
     let total = s.ok + s.failed();
@@ -185,8 +215,16 @@ fn slo_report(cfg: &BenchConfig, s: &Stats, window: f64) -> Option<SloReport> {
         met: objectives.iter().all(|o| o.met) && s.ok > 0,
         objectives,
         good_requests: s.good,
-        attainment: if total > 0 { s.good as f64 / total as f64 } else { 0.0 },
-        goodput_requests_per_s: if window > 0.0 { s.good as f64 / window } else { 0.0 },
+        attainment: if total > 0 {
+            s.good as f64 / total as f64
+        } else {
+            0.0
+        },
+        goodput_requests_per_s: if window > 0.0 {
+            s.good as f64 / window
+        } else {
+            0.0
+        },
     })
 }
 
@@ -290,7 +328,8 @@ fn run_id(t: time::OffsetDateTime) -> String {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn environment() -> Environment {
@@ -300,4 +339,3 @@ fn environment() -> Environment {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }
-

@@ -2,11 +2,15 @@
 //! highest load that still meets the SLOs.
 //!
 //! **Knee.** Throughput is the completed (ok) requests per second of each
-//! step. The knee is the smallest load whose throughput reaches
-//! [`KNEE_FRACTION`] (90%) of the highest throughput of the sweep: past it,
-//! more load buys little throughput and mostly adds queueing latency. If that
-//! is the largest load swept, the server did not saturate (`saturated: false`)
-//! and the real knee lies beyond the sweep.
+//! step; the *base efficiency* is the first step's throughput per unit of
+//! load. The knee is the smallest load beyond which no later step gains at
+//! least [`KNEE_GAIN`] (half) of the base efficiency per unit of added load:
+//! `(thr_j − thr_i) / (load_j − load_i) < 0.5 · thr_0 / load_0` for every
+//! later step `j`. Past it, more load buys little throughput and mostly adds
+//! queueing. Looking at *every* later step (not just the next) keeps one noisy
+//! step from ending the search early. If the knee is the largest load swept,
+//! the server did not saturate (`saturated: false`) and the real knee lies
+//! beyond the sweep.
 
 use std::path::PathBuf;
 
@@ -21,8 +25,8 @@ use crate::report::RunReport;
 /// Identifier of the sweep JSON format.
 pub const SWEEP_SCHEMA: &str = "throtl.sweep.v1";
 
-/// Share of the peak throughput that marks the knee.
-pub const KNEE_FRACTION: f64 = 0.9;
+/// Share of the base efficiency below which added load counts as wasted.
+pub const KNEE_GAIN: f64 = 0.5;
 
 /// Fractions of the probed maximum swept by `--rates auto`.
 pub const AUTO_FRACTIONS: &[f64] = &[0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.15];
@@ -110,33 +114,54 @@ pub struct SweepReport {
     pub interrupted: bool,
 }
 
-/// Finds the knee of (load, throughput) points; see the module docs.
+/// Finds the knee of (load, throughput) points in increasing load; see the module docs.
 pub fn find_knee(points: &[(f64, f64)]) -> Option<Knee> {
     if points.len() < 2 {
         return None;
     }
+    let (l0, t0) = points[0];
+    let base = if l0 > 0.0 { t0 / l0 } else { 0.0 };
+    let gain = |i: usize, j: usize| {
+        let dl = points[j].0 - points[i].0;
+        if dl > 0.0 {
+            (points[j].1 - points[i].1) / dl
+        } else {
+            0.0
+        }
+    };
+    let last = points.len() - 1;
+    let step = (0..=last).find(|&i| (i + 1..=last).all(|j| gain(i, j) < KNEE_GAIN * base)).unwrap_or(last);
     let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
-    let step = points.iter().position(|p| p.1 >= KNEE_FRACTION * peak)?;
-    let max_load = points.iter().map(|p| p.0).fold(f64::MIN, f64::max);
     Some(Knee {
         step,
         load: points[step].0,
         requests_per_s: points[step].1,
         peak_requests_per_s: peak,
-        saturated: points[step].0 < max_load,
-        method: format!("smallest load reaching {:.0}% of peak throughput", KNEE_FRACTION * 100.0),
+        saturated: step < last,
+        method: format!(
+            "smallest load after which every further step gains < {:.0}% of the first step's throughput per unit of load",
+            KNEE_GAIN * 100.0
+        ),
     })
 }
 
 /// Summarises the SLO verdicts of the steps.
 pub fn slo_summary(steps: &[SweepStep]) -> Option<SweepSlo> {
     let first = steps.first()?.run.slo.as_ref()?;
-    let met_by_step: Vec<bool> = steps.iter().map(|s| s.run.slo.as_ref().is_some_and(|r| r.met)).collect();
+    let met_by_step: Vec<bool> = steps
+        .iter()
+        .map(|s| s.run.slo.as_ref().is_some_and(|r| r.met))
+        .collect();
     let best = steps
         .iter()
         .filter_map(|s| s.run.slo.as_ref().map(|r| r.goodput_requests_per_s))
         .fold(0.0, f64::max);
-    let top = steps.iter().zip(&met_by_step).filter(|(_, m)| **m).map(|(s, _)| s).max_by(|a, b| a.load.total_cmp(&b.load));
+    let top = steps
+        .iter()
+        .zip(&met_by_step)
+        .filter(|(_, m)| **m)
+        .map(|(s, _)| s)
+        .max_by(|a, b| a.load.total_cmp(&b.load));
     Some(SweepSlo {
         percentile: first.percentile,
         max_load_meeting_slo: top.map(|s| s.load),
@@ -153,11 +178,22 @@ fn step_config(base: &BenchConfig, axis_is_rate: bool, load: f64) -> BenchConfig
     cfg.records_out = None;
     if axis_is_rate {
         let (process, seed, max_concurrency) = match base.workload.shape {
-            LoadShape::Open { arrivals, max_concurrency } => (arrivals.process, arrivals.seed, max_concurrency),
+            LoadShape::Open {
+                arrivals,
+                max_concurrency,
+            } => (arrivals.process, arrivals.seed, max_concurrency),
             LoadShape::Closed { .. } => (ArrivalProcess::Poisson, base.seed, None),
         };
-        let arrivals = ArrivalConfig { rate: load, process, seed, ramp_up: base.workload.ramp_up };
-        cfg.workload.shape = LoadShape::Open { arrivals, max_concurrency };
+        let arrivals = ArrivalConfig {
+            rate: load,
+            process,
+            seed,
+            ramp_up: base.workload.ramp_up,
+        };
+        cfg.workload.shape = LoadShape::Open {
+            arrivals,
+            max_concurrency,
+        };
     } else {
         cfg.concurrency = load as u32;
         if let LoadShape::Open { .. } = cfg.workload.shape {
@@ -169,15 +205,27 @@ fn step_config(base: &BenchConfig, axis_is_rate: bool, load: f64) -> BenchConfig
 
 /// Runs the sweep, rewriting `json_out` after every step so nothing is lost.
 /// `on_step` sees each finished step (for progress output).
-pub async fn run(cfg: &SweepConfig, controls: Controls, mut on_step: impl FnMut(&SweepStep)) -> Result<SweepReport, BenchError> {
+pub async fn run(
+    cfg: &SweepConfig,
+    controls: Controls,
+    mut on_step: impl FnMut(&SweepStep),
+) -> Result<SweepReport, BenchError> {
     let (axis_is_rate, mut loads, mut probe) = match &cfg.axis {
-        SweepAxis::Concurrency(c) => (false, c.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), None),
+        SweepAxis::Concurrency(c) => (
+            false,
+            c.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(),
+            None,
+        ),
         SweepAxis::Rates(r) => (true, r.clone(), None),
         SweepAxis::RatesAuto => (true, Vec::new(), Some(())),
     };
     let mut report = SweepReport {
         schema: SWEEP_SCHEMA.into(),
-        axis: if axis_is_rate { "rate".into() } else { "concurrency".into() },
+        axis: if axis_is_rate {
+            "rate".into()
+        } else {
+            "concurrency".into()
+        },
         probe: None,
         steps: Vec::new(),
         knee: None,
@@ -186,7 +234,11 @@ pub async fn run(cfg: &SweepConfig, controls: Controls, mut on_step: impl FnMut(
     };
     check_output(cfg)?;
     if probe.take().is_some() {
-        let p = bench::run(&step_config(&cfg.base, false, f64::from(cfg.base.concurrency)), controls.clone()).await?;
+        let p = bench::run(
+            &step_config(&cfg.base, false, f64::from(cfg.base.concurrency)),
+            controls.clone(),
+        )
+        .await?;
         let max = p.throughput.requests_per_s;
         if max <= 0.0 {
             return Err(BenchError::Internal("--rates auto: the probe completed no request, so there is no maximum to take fractions of".into()));
@@ -199,7 +251,11 @@ pub async fn run(cfg: &SweepConfig, controls: Controls, mut on_step: impl FnMut(
             report.interrupted = true;
             break;
         }
-        let run = bench::run(&step_config(&cfg.base, axis_is_rate, load), controls.clone()).await?;
+        let run = bench::run(
+            &step_config(&cfg.base, axis_is_rate, load),
+            controls.clone(),
+        )
+        .await?;
         report.interrupted |= run.status == crate::report::RunStatus::Interrupted;
         report.steps.push(SweepStep { load, run });
         if let Some(s) = report.steps.last() {
@@ -216,21 +272,33 @@ fn round_rate(r: f64) -> f64 {
 }
 
 fn finish(report: &mut SweepReport) {
-    let points: Vec<(f64, f64)> = report.steps.iter().map(|s| (s.load, s.run.throughput.requests_per_s)).collect();
+    let points: Vec<(f64, f64)> = report
+        .steps
+        .iter()
+        .map(|s| (s.load, s.run.throughput.requests_per_s))
+        .collect();
     report.knee = find_knee(&points);
     report.slo = slo_summary(&report.steps);
 }
 
 fn check_output(cfg: &SweepConfig) -> Result<(), BenchError> {
     if let Some(p) = &cfg.json_out {
-        std::fs::File::create(p).map_err(|source| BenchError::Output { path: p.clone(), source })?;
+        std::fs::File::create(p).map_err(|source| BenchError::Output {
+            path: p.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 fn write(cfg: &SweepConfig, report: &SweepReport) -> Result<(), BenchError> {
-    let Some(p) = &cfg.json_out else { return Ok(()) };
-    let out = |source| BenchError::Output { path: p.clone(), source };
+    let Some(p) = &cfg.json_out else {
+        return Ok(());
+    };
+    let out = |source| BenchError::Output {
+        path: p.clone(),
+        source,
+    };
     let text = serde_json::to_string_pretty(report).map_err(|e| out(std::io::Error::other(e)))?;
     std::fs::write(p, text + "\n").map_err(out)
 }
@@ -242,7 +310,15 @@ pub fn render(r: &SweepReport) -> String {
     let _ = writeln!(
         s,
         "{:>10} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>7} {:>5}",
-        r.axis, "req/s", "out tok/s", "TTFT p50", "TTFT p95", "TPOT p50", "E2E p95", "errors", "SLO"
+        r.axis,
+        "req/s",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p95",
+        "TPOT p50",
+        "E2E p95",
+        "errors",
+        "SLO"
     );
     for (i, st) in r.steps.iter().enumerate() {
         let run = &st.run;
@@ -251,7 +327,11 @@ pub fn render(r: &SweepReport) -> String {
             (Some(_), Some(_)) => "miss",
             _ => "",
         };
-        let knee = if r.knee.as_ref().is_some_and(|k| k.step == i) { "  ← knee" } else { "" };
+        let knee = if r.knee.as_ref().is_some_and(|k| k.step == i) {
+            "  ← knee"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
             "{:>10} {:>9.2} {:>11.1} {:>10.1} {:>10.1} {:>10.2} {:>10.1} {:>7} {:>5}{knee}",
@@ -267,13 +347,25 @@ pub fn render(r: &SweepReport) -> String {
         );
     }
     if let Some(k) = &r.knee {
-        let sat = if k.saturated { "" } else { " (throughput was still rising: the knee may lie beyond the sweep)" };
-        let _ = writeln!(s, "knee: {} {} at {:.2} req/s (peak {:.2} req/s){sat}", r.axis, k.load, k.requests_per_s, k.peak_requests_per_s);
+        let sat = if k.saturated {
+            ""
+        } else {
+            " (throughput was still rising: the knee may lie beyond the sweep)"
+        };
+        let _ = writeln!(
+            s,
+            "knee: {} {} at {:.2} req/s (peak {:.2} req/s){sat}",
+            r.axis, k.load, k.requests_per_s, k.peak_requests_per_s
+        );
     }
     if let Some(slo) = &r.slo {
         match (slo.max_load_meeting_slo, slo.goodput_at_max_load) {
             (Some(l), Some(g)) => {
-                let _ = writeln!(s, "SLO (p{}): met up to {} {l}, goodput {g:.2} req/s there", slo.percentile, r.axis);
+                let _ = writeln!(
+                    s,
+                    "SLO (p{}): met up to {} {l}, goodput {g:.2} req/s there",
+                    slo.percentile, r.axis
+                );
             }
             _ => {
                 let _ = writeln!(s, "SLO (p{}): no step met every objective", slo.percentile);
@@ -289,10 +381,23 @@ mod tests {
 
     #[test]
     fn knee_is_smallest_load_near_peak() {
-        let k = find_knee(&[(1.0, 10.0), (2.0, 20.0), (4.0, 39.0), (8.0, 41.0), (16.0, 40.0)]).unwrap();
+        let k = find_knee(&[
+            (1.0, 10.0),
+            (2.0, 20.0),
+            (4.0, 39.0),
+            (8.0, 41.0),
+            (16.0, 40.0),
+        ])
+        .unwrap();
         assert_eq!((k.step, k.load, k.saturated), (2, 4.0, true));
-        let linear = find_knee(&[(1.0, 1.0), (2.0, 2.0), (4.0, 4.0)]).unwrap();
-        assert_eq!((linear.load, linear.saturated), (4.0, false));
+        let linear = find_knee(&[(1.0, 1.0), (2.0, 2.0), (4.0, 4.0), (4.6, 4.6)]).unwrap();
+        assert_eq!((linear.load, linear.saturated), (4.6, false));
+        // A noisy dip does not end the search: 8 → 16 still gains.
+        let noisy = find_knee(&[(1.0, 10.0), (2.0, 20.0), (4.0, 38.0), (8.0, 36.0), (16.0, 150.0), (32.0, 151.0)]).unwrap();
+        assert_eq!(noisy.load, 16.0);
+        // Throughput that falls after overload.
+        let falling = find_knee(&[(10.0, 10.0), (20.0, 20.0), (40.0, 30.0), (80.0, 25.0)]).unwrap();
+        assert_eq!(falling.load, 40.0);
         assert!(find_knee(&[(1.0, 1.0)]).is_none());
     }
 }

@@ -10,7 +10,8 @@ use tokio::sync::Semaphore;
 
 use throtl::api::ApiKind;
 use throtl::config::{BenchConfig, ProgressMode, WorkloadOptions};
-use throtl::engine::{Controls, StopCondition};
+use throtl::engine::arrival::{ArrivalConfig, ArrivalProcess};
+use throtl::engine::{Controls, LoadShape, StopCondition};
 use throtl::slo::Slo;
 use throtl::sweep::{SweepAxis, SweepConfig, SweepReport};
 
@@ -73,11 +74,21 @@ async fn concurrency_sweep_finds_the_knee_and_the_slo_limit() {
     let url = capacity_server().await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("sweep.json");
-    let cfg = SweepConfig { base: base(url, None), axis: SweepAxis::Concurrency(vec![1, 2, 4, 8]), json_out: Some(json.clone()) };
+    let cfg = SweepConfig {
+        base: base(url, None),
+        axis: SweepAxis::Concurrency(vec![1, 2, 4, 8]),
+        json_out: Some(json.clone()),
+    };
     let mut seen = 0;
-    let report = throtl::sweep::run(&cfg, Controls::default(), |_| seen += 1).await.unwrap();
+    let report = throtl::sweep::run(&cfg, Controls::default(), |_| seen += 1)
+        .await
+        .unwrap();
     assert_eq!(seen, 4);
-    let thr: Vec<f64> = report.steps.iter().map(|s| s.run.throughput.requests_per_s).collect();
+    let thr: Vec<f64> = report
+        .steps
+        .iter()
+        .map(|s| s.run.throughput.requests_per_s)
+        .collect();
     // Concurrency 1 gets about half the capacity; 2 and above saturate it.
     assert!(thr[0] > 15.0 && thr[0] < 27.0, "{thr:?}");
     assert!(thr[3] > 35.0 && thr[3] < 52.0, "{thr:?}");
@@ -94,7 +105,10 @@ async fn concurrency_sweep_finds_the_knee_and_the_slo_limit() {
     assert_eq!(back.steps[1].run.schema, "throtl.run.v1");
     assert_eq!(back.knee, report.knee);
     let table = throtl::sweep::render(&report);
-    assert!(table.contains("← knee") && table.contains("SLO (p90): met up to concurrency 2"), "{table}");
+    assert!(
+        table.contains("← knee") && table.contains("SLO (p90): met up to concurrency 2"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,12 +117,36 @@ async fn rate_sweep_finds_the_capacity_knee() {
     let mut b = base(url, None);
     b.stop = StopCondition::Duration(Duration::from_millis(800));
     b.warmup = 0;
-    let cfg = SweepConfig { base: b, axis: SweepAxis::Rates(vec![10.0, 25.0, 50.0, 100.0]), json_out: None };
-    let report = throtl::sweep::run(&cfg, Controls::default(), |_| {}).await.unwrap();
-    let done: Vec<f64> = report.steps.iter().map(|s| s.run.schedule.as_ref().unwrap().completed_rate_per_s).collect();
+    // Constant arrivals keep short steps free of Poisson noise.
+    let arrivals = ArrivalConfig { rate: 1.0, process: ArrivalProcess::Constant, seed: 0, ramp_up: Duration::ZERO };
+    b.workload.shape = LoadShape::Open { arrivals, max_concurrency: None };
+    let cfg = SweepConfig {
+        base: b,
+        axis: SweepAxis::Rates(vec![10.0, 25.0, 50.0, 100.0]),
+        json_out: None,
+    };
+    let report = throtl::sweep::run(&cfg, Controls::default(), |_| {})
+        .await
+        .unwrap();
+    let done: Vec<f64> = report
+        .steps
+        .iter()
+        .map(|s| s.run.schedule.as_ref().unwrap().completed_rate_per_s)
+        .collect();
     let knee = report.knee.as_ref().unwrap();
     // Capacity is 50 req/s: the 100 req/s step completes no more than the 50 req/s step.
-    assert!(knee.load == 50.0 || knee.load == 100.0, "{done:?} {knee:?}");
-    assert!(report.steps[3].run.schedule.as_ref().unwrap().offered_rate_per_s > 70.0);
-    assert!(report.steps[3].run.latency_ms.e2e.p95 > 200.0, "overload shows up as latency");
+    assert_eq!(knee.load, 50.0, "{done:?} {knee:?}");
+    assert!(
+        report.steps[3]
+            .run
+            .schedule
+            .as_ref()
+            .unwrap()
+            .offered_rate_per_s
+            > 70.0
+    );
+    assert!(
+        report.steps[3].run.latency_ms.e2e.p95 > 200.0,
+        "overload shows up as latency"
+    );
 }

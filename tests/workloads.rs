@@ -15,7 +15,9 @@ use throtl::sim::{self, SimConfig};
 use throtl::slo::Slo;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn base(url: String) -> BenchConfig {
@@ -41,12 +43,25 @@ fn base(url: String) -> BenchConfig {
 }
 
 fn open(rate: f64, cap: Option<u32>) -> LoadShape {
-    let arrivals = ArrivalConfig { rate, process: ArrivalProcess::Poisson, seed: 7, ramp_up: Duration::ZERO };
-    LoadShape::Open { arrivals, max_concurrency: cap }
+    let arrivals = ArrivalConfig {
+        rate,
+        process: ArrivalProcess::Poisson,
+        seed: 7,
+        ramp_up: Duration::ZERO,
+    };
+    LoadShape::Open {
+        arrivals,
+        max_concurrency: cap,
+    }
 }
 
 fn fast_sim() -> sim::SimHandle {
-    sim::start(SimConfig { ttft: Duration::from_millis(5), itl: Duration::from_millis(1), ..SimConfig::default() }).unwrap()
+    sim::start(SimConfig {
+        ttft: Duration::from_millis(5),
+        itl: Duration::from_millis(1),
+        ..SimConfig::default()
+    })
+    .unwrap()
 }
 
 #[tokio::test]
@@ -66,19 +81,34 @@ async fn open_loop_reports_offered_vs_achieved_and_every_arrival() {
     assert_eq!(r.requests.ok, 60);
     assert_eq!(r.load.warmup_requests, 5);
     // 59 Poisson gaps: the offered rate is within ±40% of the target with overwhelming probability.
-    assert!((36.0..84.0).contains(&s.offered_rate_per_s), "{}", s.offered_rate_per_s);
-    assert!((s.sent_rate_per_s - s.offered_rate_per_s).abs() / s.offered_rate_per_s < 0.2, "{s:?}");
+    assert!(
+        (36.0..84.0).contains(&s.offered_rate_per_s),
+        "{}",
+        s.offered_rate_per_s
+    );
+    assert!(
+        (s.sent_rate_per_s - s.offered_rate_per_s).abs() / s.offered_rate_per_s < 0.2,
+        "{s:?}"
+    );
     // Per-second series covers every request.
     let ok: u64 = r.timeseries.iter().map(|p| p.ok).sum();
     let sent: u64 = r.timeseries.iter().map(|p| p.sent).sum();
     assert_eq!((ok, sent), (60, 65));
-    assert!(r.timeseries.iter().any(|p| p.in_flight > 0.0 && p.e2e_ms.p50 > 0.0));
+    assert!(r
+        .timeseries
+        .iter()
+        .any(|p| p.in_flight > 0.0 && p.e2e_ms.p50 > 0.0));
 }
 
 #[tokio::test]
 async fn cap_holds_arrivals_and_their_wait_counts_as_latency() {
     // The server needs ≥ 5 + 19·1 ms per request; 2 slots serve ≲ 80 req/s; offer 400 req/s.
-    let server = sim::start(SimConfig { ttft: Duration::from_millis(20), itl: Duration::from_millis(2), ..SimConfig::default() }).unwrap();
+    let server = sim::start(SimConfig {
+        ttft: Duration::from_millis(20),
+        itl: Duration::from_millis(2),
+        ..SimConfig::default()
+    })
+    .unwrap();
     let mut cfg = base(server.url());
     cfg.output_tokens = 5;
     cfg.stop = StopCondition::Requests(40);
@@ -90,9 +120,17 @@ async fn cap_holds_arrivals_and_their_wait_counts_as_latency() {
     assert!(r.load.peak_in_flight <= 2);
     // Service time is ~28 ms; 40 requests through 2 slots take ≥ 20·28 ms, and
     // the last arrival (due at ~0.1 s) waits for most of it.
-    assert!(r.latency_ms.e2e.max > 300.0, "latency must include the wait: {:?}", r.latency_ms.e2e);
+    assert!(
+        r.latency_ms.e2e.max > 300.0,
+        "latency must include the wait: {:?}",
+        r.latency_ms.e2e
+    );
     assert!(s.completed_rate_per_s < 0.5 * s.offered_rate_per_s);
-    assert!(r.warnings.iter().any(|w| w.contains("--max-concurrency")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("--max-concurrency")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[test]
@@ -103,7 +141,10 @@ fn client_lag_under_overload_is_reported_as_late() {
     let mut cfg = base(server.url());
     cfg.stop = StopCondition::Requests(60);
     cfg.workload.shape = open(200.0, None);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let r = rt.block_on(async {
         let hog = tokio::spawn(async {
             loop {
@@ -118,8 +159,16 @@ fn client_lag_under_overload_is_reported_as_late() {
     let s = r.schedule.as_ref().unwrap();
     assert_eq!(s.arrivals, 60);
     assert!(s.late >= 10, "{s:?}");
-    assert!(r.client.send_lag_ms.max >= 20.0, "{:?}", r.client.send_lag_ms);
-    assert!(r.warnings.iter().any(|w| w.contains("late")), "{:?}", r.warnings);
+    assert!(
+        r.client.send_lag_ms.max >= 20.0,
+        "{:?}",
+        r.client.send_lag_ms
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("late")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[tokio::test]
@@ -128,13 +177,21 @@ async fn users_with_think_time_pace_their_requests() {
     let mut cfg = base(server.url());
     cfg.concurrency = 2;
     cfg.stop = StopCondition::Requests(8);
-    cfg.workload.shape = LoadShape::Closed { think: Some(ThinkTime { mean: Duration::from_millis(100), jitter: Duration::from_millis(20) }) };
+    cfg.workload.shape = LoadShape::Closed {
+        think: Some(ThinkTime {
+            mean: Duration::from_millis(100),
+            jitter: Duration::from_millis(20),
+        }),
+    };
     let r = throtl::bench::run(&cfg, Controls::default()).await.unwrap();
     assert_eq!(r.load.mode, "users");
     assert_eq!(r.requests.ok, 8);
     // Each user sends 4 requests with ≥ 3 think times of ≥ 80 ms between them.
     assert!(r.throughput.window_s >= 0.24, "{}", r.throughput.window_s);
-    assert!(!r.warnings.iter().any(|w| w.starts_with("achieved concurrency")));
+    assert!(!r
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("achieved concurrency")));
 }
 
 fn exact_lengths(spec: TokenizerSpec) {
@@ -150,18 +207,37 @@ fn exact_lengths(spec: TokenizerSpec) {
         let w = synthetic(&synth, &tok, 6);
         for i in 0..6 {
             let item = w.item(i);
-            assert_eq!(tok.count(&item.prompt) as u32, n + prefix, "{spec:?} n={n} prefix={prefix}");
+            assert_eq!(
+                tok.count(&item.prompt) as u32,
+                n + prefix,
+                "{spec:?} n={n} prefix={prefix}"
+            );
             assert_eq!(item.input_tokens, Some(n + prefix));
         }
         if prefix > 0 {
-            let words = |i: u64| w.item(i).prompt.split(' ').take(30).collect::<Vec<_>>().join(" ");
+            let words = |i: u64| {
+                w.item(i)
+                    .prompt
+                    .split(' ')
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             assert_eq!(words(0), words(2), "same group shares its prefix");
             assert_ne!(words(0), words(1), "groups differ");
             assert_ne!(w.item(0).prompt, w.item(2).prompt, "suffixes differ");
         }
     }
-    let uniform = SyntheticSpec { input: TokenLengths::Uniform { lo: 10, hi: 300 }, ..SyntheticSpec {
-        input: TokenLengths::Fixed { n: 0 }, output: TokenLengths::Fixed { n: 1 }, prefix_tokens: 0, prefix_groups: 1, seed: 9 } };
+    let uniform = SyntheticSpec {
+        input: TokenLengths::Uniform { lo: 10, hi: 300 },
+        ..SyntheticSpec {
+            input: TokenLengths::Fixed { n: 0 },
+            output: TokenLengths::Fixed { n: 1 },
+            prefix_tokens: 0,
+            prefix_groups: 1,
+            seed: 9,
+        }
+    };
     let w = synthetic(&uniform, &tok, 50);
     for i in 0..50 {
         let item = w.item(i);
@@ -192,8 +268,16 @@ fn token_lengths_are_exact_with_a_tokenizer_json() {
 
 #[test]
 fn missing_tokenizer_file_is_a_clear_error() {
-    let e = Tokenizer::load(&TokenizerSpec::HuggingFace("/nonexistent/tokenizer.json".into())).err().unwrap();
-    assert!(e.0.contains("--tokenizer") && e.0.contains("no such file"), "{}", e.0);
+    let e = Tokenizer::load(&TokenizerSpec::HuggingFace(
+        "/nonexistent/tokenizer.json".into(),
+    ))
+    .err()
+    .unwrap();
+    assert!(
+        e.0.contains("--tokenizer") && e.0.contains("no such file"),
+        "{}",
+        e.0
+    );
 }
 
 #[tokio::test]
@@ -216,29 +300,52 @@ async fn local_and_server_prompt_counts_are_compared() {
     cfg.workload.input = None;
     cfg.workload.dataset = Some(DatasetSpec::Jsonl(path));
     let r = throtl::bench::run(&cfg, Controls::default()).await.unwrap();
-    assert!(r.warnings.iter().any(|x| x.contains("prompt tokens")), "{:?}", r.warnings);
-    assert!(r.warnings.iter().any(|x| x.contains("distinct prompts")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|x| x.contains("prompt tokens")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        r.warnings.iter().any(|x| x.contains("distinct prompts")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[tokio::test]
 async fn bad_dataset_line_stops_the_bench_before_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.jsonl");
-    std::fs::write(&path, "{\"prompt\": \"ok\"}\n{\"prompt\": \"ok\"}\n{\"prompt\": 12}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\"prompt\": \"ok\"}\n{\"prompt\": \"ok\"}\n{\"prompt\": 12}\n",
+    )
+    .unwrap();
     let mut cfg = base("http://127.0.0.1:9".into());
     cfg.workload.tokenizer = Some(TokenizerSpec::Cl100kBase);
     cfg.workload.dataset = Some(DatasetSpec::Jsonl(path.clone()));
-    let e = throtl::bench::run(&cfg, Controls::default()).await.unwrap_err().to_string();
+    let e = throtl::bench::run(&cfg, Controls::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&format!("{}:3:", path.display())), "{e}");
 }
 
 #[tokio::test]
 async fn slo_goodput_counts_requests_meeting_every_objective() {
-    let server = sim::start(SimConfig { ttft: Duration::from_millis(30), itl: Duration::from_millis(2), ..SimConfig::default() }).unwrap();
+    let server = sim::start(SimConfig {
+        ttft: Duration::from_millis(30),
+        itl: Duration::from_millis(2),
+        ..SimConfig::default()
+    })
+    .unwrap();
     let mut cfg = base(server.url());
     cfg.concurrency = 2;
     cfg.stop = StopCondition::Requests(20);
-    cfg.workload.slos = vec![Slo::parse("ttft=500ms").unwrap(), Slo::parse("tpot=50ms").unwrap()];
+    cfg.workload.slos = vec![
+        Slo::parse("ttft=500ms").unwrap(),
+        Slo::parse("tpot=50ms").unwrap(),
+    ];
     let r = throtl::bench::run(&cfg, Controls::default()).await.unwrap();
     let slo = r.slo.as_ref().unwrap();
     assert!(slo.met);

@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn role_only_chunk_is_not_content() {
         let e = CHAT
-            .parse(None, r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#)
+            .parse(
+                None,
+                r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+            )
             .unwrap();
         assert!(!e.content);
     }
@@ -140,7 +143,10 @@ mod tests {
     #[test]
     fn content_and_usage_are_read() {
         let e = CHAT
-            .parse(None, r#"{"choices":[{"delta":{"content":"Hi"}}],"usage":null}"#)
+            .parse(
+                None,
+                r#"{"choices":[{"delta":{"content":"Hi"}}],"usage":null}"#,
+            )
             .unwrap();
         assert!(e.content);
         let u = CHAT
@@ -153,7 +159,10 @@ mod tests {
     #[test]
     fn error_object_is_an_error_not_content() {
         let e = CHAT
-            .parse(None, r#"{"error":{"message":"boom","type":"server_error"}}"#)
+            .parse(
+                None,
+                r#"{"error":{"message":"boom","type":"server_error"}}"#,
+            )
             .unwrap();
         assert!(e.error.unwrap().contains("boom"));
         assert!(CHAT.parse(None, "{not json").is_err());
@@ -162,7 +171,11 @@ mod tests {
     #[test]
     fn completions_text_counts() {
         let p = OpenAi { chat: false };
-        assert!(p.parse(None, r#"{"choices":[{"text":" a"}]}"#).unwrap().content);
+        assert!(
+            p.parse(None, r#"{"choices":[{"text":" a"}]}"#)
+                .unwrap()
+                .content
+        );
         let spec = p.build(&GenRequest {
             model: "m".into(),
             prompt: "p".into(),

@@ -66,7 +66,10 @@ impl Arrivals {
     /// A generator for `cfg`; fails on a non-positive rate or CV.
     pub fn new(cfg: &ArrivalConfig) -> Result<Self, ArrivalError> {
         if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
-            return Err(ArrivalError(format!("--rate '{}' must be a positive number of requests per second", cfg.rate)));
+            return Err(ArrivalError(format!(
+                "--rate '{}' must be a positive number of requests per second",
+                cfg.rate
+            )));
         }
         let mean = 1.0 / cfg.rate;
         let gaps = match cfg.process {
@@ -109,7 +112,8 @@ fn gamma(cv: f64, mean: f64) -> Result<Gamma<f64>, ArrivalError> {
         )));
     }
     let shape = 1.0 / (cv * cv);
-    Gamma::new(shape, mean / shape).map_err(|e| ArrivalError(format!("invalid --burstiness '{cv}': {e}")))
+    Gamma::new(shape, mean / shape)
+        .map_err(|e| ArrivalError(format!("invalid --burstiness '{cv}': {e}")))
 }
 
 /// Maps time at full rate `u` to wall time when the rate ramps linearly from
@@ -130,7 +134,12 @@ mod tests {
     use super::*;
 
     fn cfg(process: ArrivalProcess) -> ArrivalConfig {
-        ArrivalConfig { rate: 50.0, process, seed: 42, ramp_up: Duration::ZERO }
+        ArrivalConfig {
+            rate: 50.0,
+            process,
+            seed: 42,
+            ramp_up: Duration::ZERO,
+        }
     }
 
     fn gaps(process: ArrivalProcess, n: usize) -> Vec<f64> {
@@ -181,13 +190,22 @@ mod tests {
         for cv_want in [0.5, 2.0] {
             let g = gaps(ArrivalProcess::Gamma { cv: cv_want }, 40_000);
             let (mean, cv) = mean_cv(&g);
-            assert!((mean - 0.02).abs() / 0.02 < 0.04, "cv {cv_want}: mean {mean}");
-            assert!((cv - cv_want).abs() / cv_want < 0.05, "cv {cv_want}: got {cv}");
+            assert!(
+                (mean - 0.02).abs() / 0.02 < 0.04,
+                "cv {cv_want}: mean {mean}"
+            );
+            assert!(
+                (cv - cv_want).abs() / cv_want < 0.05,
+                "cv {cv_want}: got {cv}"
+            );
             // Gamma skewness is 2·CV; a normal or exponential would not match both.
             let n = g.len() as f64;
             let sd = cv * mean;
             let skew = g.iter().map(|x| ((x - mean) / sd).powi(3)).sum::<f64>() / n;
-            assert!((skew - 2.0 * cv_want).abs() / (2.0 * cv_want) < 0.15, "cv {cv_want}: skew {skew}");
+            assert!(
+                (skew - 2.0 * cv_want).abs() / (2.0 * cv_want) < 0.15,
+                "cv {cv_want}: skew {skew}"
+            );
         }
     }
 
@@ -198,21 +216,41 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(a.next_offset(), b.next_offset());
         }
-        let bad = ArrivalConfig { rate: 0.0, ..cfg(ArrivalProcess::Poisson) };
+        let bad = ArrivalConfig {
+            rate: 0.0,
+            ..cfg(ArrivalProcess::Poisson)
+        };
         assert!(Arrivals::new(&bad).err().unwrap().0.contains("--rate"));
         let bad = cfg(ArrivalProcess::Gamma { cv: -1.0 });
-        assert!(Arrivals::new(&bad).err().unwrap().0.contains("--burstiness"));
+        assert!(Arrivals::new(&bad)
+            .err()
+            .unwrap()
+            .0
+            .contains("--burstiness"));
     }
 
     #[test]
     fn ramp_up_thins_early_arrivals() {
-        let c = ArrivalConfig { rate: 100.0, process: ArrivalProcess::Constant, seed: 1, ramp_up: Duration::from_secs(10) };
+        let c = ArrivalConfig {
+            rate: 100.0,
+            process: ArrivalProcess::Constant,
+            seed: 1,
+            ramp_up: Duration::from_secs(10),
+        };
         let mut a = Arrivals::new(&c).unwrap();
         let offs: Vec<f64> = (0..2000).map(|_| a.next_offset().as_secs_f64()).collect();
         let count = |lo: f64, hi: f64| offs.iter().filter(|&&t| t >= lo && t < hi).count();
         // Rate r(t) = 10·t during the ramp: 5 arrivals in [0,1), 95 in [9,10), then 100/s.
         assert!((4..=6).contains(&count(0.0, 1.0)), "{}", count(0.0, 1.0));
-        assert!((94..=96).contains(&count(9.0, 10.0)), "{}", count(9.0, 10.0));
-        assert!((99..=101).contains(&count(12.0, 13.0)), "{}", count(12.0, 13.0));
+        assert!(
+            (94..=96).contains(&count(9.0, 10.0)),
+            "{}",
+            count(9.0, 10.0)
+        );
+        assert!(
+            (99..=101).contains(&count(12.0, 13.0)),
+            "{}",
+            count(12.0, 13.0)
+        );
     }
 }

@@ -21,12 +21,22 @@ pub async fn run_closed_loop(
     controls: Controls,
 ) -> EngineOutcome {
     let started = Instant::now();
-    let issuer = Arc::new(Issuer::new(Arc::clone(&plan), controls.soft.clone(), started));
+    let issuer = Arc::new(Issuer::new(
+        Arc::clone(&plan),
+        controls.soft.clone(),
+        started,
+    ));
     let think = match plan.shape {
         LoadShape::Closed { think } => think,
         LoadShape::Open { .. } => None,
     };
-    let d = Dispatch { transport, plan: Arc::clone(&plan), sink, hard: controls.hard.clone(), in_flight: Arc::new(InFlight::default()) };
+    let d = Dispatch {
+        transport,
+        plan: Arc::clone(&plan),
+        sink,
+        hard: controls.hard.clone(),
+        in_flight: Arc::new(InFlight::default()),
+    };
     let mut users = tokio::task::JoinSet::new();
     let n = plan.concurrency.max(1);
     for i in 0..n {
@@ -40,7 +50,13 @@ pub async fn run_closed_loop(
     outcome_source.outcome(started, &controls.soft)
 }
 
-async fn user(d: Dispatch, issuer: Arc<Issuer>, start_at: Instant, think: Option<ThinkTime>, mut rng: SmallRng) {
+async fn user(
+    d: Dispatch,
+    issuer: Arc<Issuer>,
+    start_at: Instant,
+    think: Option<ThinkTime>,
+    mut rng: SmallRng,
+) {
     // In a closed loop a request is due the moment its user is ready.
     let mut due = start_at;
     if !sleep_until(due, &issuer).await {
@@ -84,13 +100,21 @@ mod tests {
 
     #[test]
     fn think_time_stays_within_its_jitter() {
-        let t = ThinkTime { mean: Duration::from_secs(2), jitter: Duration::from_millis(500) };
+        let t = ThinkTime {
+            mean: Duration::from_secs(2),
+            jitter: Duration::from_millis(500),
+        };
         let mut rng = SmallRng::seed_from_u64(3);
-        let draws: Vec<f64> = (0..2000).map(|_| draw_think(t, &mut rng).as_secs_f64()).collect();
+        let draws: Vec<f64> = (0..2000)
+            .map(|_| draw_think(t, &mut rng).as_secs_f64())
+            .collect();
         assert!(draws.iter().all(|&x| (1.5..=2.5).contains(&x)));
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;
         assert!((mean - 2.0).abs() < 0.03, "{mean}");
-        let fixed = ThinkTime { mean: Duration::from_secs(1), jitter: Duration::ZERO };
+        let fixed = ThinkTime {
+            mean: Duration::from_secs(1),
+            jitter: Duration::ZERO,
+        };
         assert_eq!(draw_think(fixed, &mut rng), Duration::from_secs(1));
     }
 }

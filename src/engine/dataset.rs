@@ -27,7 +27,9 @@ impl DatasetSpec {
         match s.split_once(':') {
             Some(("jsonl", p)) if !p.is_empty() => Ok(DatasetSpec::Jsonl(p.into())),
             Some(("sharegpt", p)) if !p.is_empty() => Ok(DatasetSpec::Sharegpt(p.into())),
-            _ => Err(format!("--dataset '{s}': write jsonl:PATH or sharegpt:PATH")),
+            _ => Err(format!(
+                "--dataset '{s}': write jsonl:PATH or sharegpt:PATH"
+            )),
         }
     }
 }
@@ -74,7 +76,8 @@ pub fn load(spec: &DatasetSpec) -> Result<Vec<DatasetRecord>, DatasetError> {
 }
 
 fn read(p: &Path) -> Result<String, DatasetError> {
-    std::fs::read_to_string(p).map_err(|e| DatasetError(format!("--dataset: cannot read '{}': {e}", p.display())))
+    std::fs::read_to_string(p)
+        .map_err(|e| DatasetError(format!("--dataset: cannot read '{}': {e}", p.display())))
 }
 
 /// Parses JSONL text; blank lines are skipped.
@@ -88,7 +91,10 @@ pub fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<DatasetRecord>, Datase
         out.push(jsonl_record(line, &at)?);
     }
     if out.is_empty() {
-        return Err(DatasetError(format!("--dataset: '{}' has no records", path.display())));
+        return Err(DatasetError(format!(
+            "--dataset: '{}' has no records",
+            path.display()
+        )));
     }
     Ok(out)
 }
@@ -102,13 +108,27 @@ fn jsonl_record(line: &str, at: &str) -> Result<DatasetRecord, DatasetError> {
     let prompt = match (rec.prompt, rec.messages) {
         (Some(p), None) => p,
         (None, Some(m)) if !m.is_empty() => join_messages(&m),
-        (Some(_), Some(_)) => return Err(DatasetError(format!("{at}: give either \"prompt\" or \"messages\", not both"))),
-        _ => return Err(DatasetError(format!("{at}: the record has no \"prompt\" and no non-empty \"messages\""))),
+        (Some(_), Some(_)) => {
+            return Err(DatasetError(format!(
+                "{at}: give either \"prompt\" or \"messages\", not both"
+            )))
+        }
+        _ => {
+            return Err(DatasetError(format!(
+                "{at}: the record has no \"prompt\" and no non-empty \"messages\""
+            )))
+        }
     };
     if rec.max_tokens == Some(0) {
-        return Err(DatasetError(format!("{at}: \"max_tokens\" must be at least 1")));
+        return Err(DatasetError(format!(
+            "{at}: \"max_tokens\" must be at least 1"
+        )));
     }
-    Ok(DatasetRecord { prompt, max_tokens: rec.max_tokens, reference_answer: None })
+    Ok(DatasetRecord {
+        prompt,
+        max_tokens: rec.max_tokens,
+        reference_answer: None,
+    })
 }
 
 /// A one-message rendering of a conversation: a single user message holding
@@ -117,7 +137,10 @@ fn join_messages(m: &[Message]) -> String {
     if let [only] = m {
         return only.content.clone();
     }
-    m.iter().map(|x| format!("{}: {}", x.role, x.content)).collect::<Vec<_>>().join("\n")
+    m.iter()
+        .map(|x| format!("{}: {}", x.role, x.content))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[derive(Deserialize)]
@@ -141,10 +164,19 @@ pub fn parse_sharegpt(path: &Path, text: &str) -> Result<Vec<DatasetRecord>, Dat
     let mut out = Vec::new();
     for (i, v) in convs.into_iter().enumerate() {
         let conv: ShareGptConversation = serde_json::from_value(v).map_err(|e| {
-            DatasetError(format!("{}: record {} (0-based): {e}. Each turn needs \"from\" and \"value\" strings", path.display(), i))
+            DatasetError(format!(
+                "{}: record {} (0-based): {e}. Each turn needs \"from\" and \"value\" strings",
+                path.display(),
+                i
+            ))
         })?;
         let turns = &conv.conversations;
-        let Some(h) = turns.iter().position(|t| t.from == "human" || t.from == "user") else { continue };
+        let Some(h) = turns
+            .iter()
+            .position(|t| t.from == "human" || t.from == "user")
+        else {
+            continue;
+        };
         if let Some(reply) = turns.get(h + 1) {
             out.push(DatasetRecord {
                 prompt: turns[h].value.clone(),
@@ -154,7 +186,10 @@ pub fn parse_sharegpt(path: &Path, text: &str) -> Result<Vec<DatasetRecord>, Dat
         }
     }
     if out.is_empty() {
-        return Err(DatasetError(format!("{}: no conversation has a human turn followed by a reply", path.display())));
+        return Err(DatasetError(format!(
+            "{}: no conversation has a human turn followed by a reply",
+            path.display()
+        )));
     }
     Ok(out)
 }
@@ -173,7 +208,10 @@ mod tests {
         assert_eq!(recs[1].prompt, "yo");
         let cases = [
             ("{\"prompt\":\"a\"}\n{\"prompt\": 3}\n", "d.jsonl:2"),
-            ("{\"prompt\":\"a\"}\n{\"prompt\":\"b\"}\nnot json\n", "d.jsonl:3"),
+            (
+                "{\"prompt\":\"a\"}\n{\"prompt\":\"b\"}\nnot json\n",
+                "d.jsonl:3",
+            ),
             ("{\"max_tokens\": 4}\n", "d.jsonl:1"),
             ("{\"prompt\":\"a\",\"max_tokens\":0}\n", "d.jsonl:1"),
             ("{\"promt\":\"typo\"}\n", "d.jsonl:1"),
@@ -194,7 +232,9 @@ mod tests {
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].prompt, "Q1");
         assert_eq!(recs[0].reference_answer.as_deref(), Some("A one"));
-        let e = parse_sharegpt(p, r#"[{"conversations":[{"from":"human"}]}]"#).unwrap_err().0;
+        let e = parse_sharegpt(p, r#"[{"conversations":[{"from":"human"}]}]"#)
+            .unwrap_err()
+            .0;
         assert!(e.contains("record 0"), "{e}");
         assert!(parse_sharegpt(p, "{").unwrap_err().0.contains("s.json"));
         assert!(DatasetSpec::parse("csv:x").is_err());

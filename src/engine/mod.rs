@@ -6,8 +6,8 @@
 //! sends [`record::RequestRecord`]s down a channel to the aggregator.
 
 pub mod arrival;
-pub mod dataset;
 mod closed_loop;
+pub mod dataset;
 mod open_loop;
 pub mod record;
 pub mod request;

@@ -27,8 +27,18 @@ pub async fn run_open_loop(
     controls: Controls,
 ) -> EngineOutcome {
     let started = Instant::now();
-    let d = Dispatch { transport, plan: Arc::clone(&plan), sink, hard: controls.hard.clone(), in_flight: Arc::new(InFlight::default()) };
-    let LoadShape::Open { arrivals, max_concurrency } = plan.shape else {
+    let d = Dispatch {
+        transport,
+        plan: Arc::clone(&plan),
+        sink,
+        hard: controls.hard.clone(),
+        in_flight: Arc::new(InFlight::default()),
+    };
+    let LoadShape::Open {
+        arrivals,
+        max_concurrency,
+    } = plan.shape
+    else {
         return d.outcome(started, &controls.soft);
     };
     // The config was validated, so this only fails on a programming error.
@@ -38,13 +48,25 @@ pub async fn run_open_loop(
     let issuer = Issuer::new(Arc::clone(&plan), controls.soft.clone(), started);
     let cap = max_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
     let mut tasks = JoinSet::new();
+    // Until when the dispatcher was last blocked waiting for a slot: an
+    // arrival due before then queued behind the cap too, even if a slot is
+    // free by the time the dispatcher reaches it.
+    let mut cap_blocked_until: Option<Instant> = None;
     loop {
         let due = started + schedule.next_offset();
         if !wait_until(due, &controls.soft).await {
             break;
         }
-        let Some((seq, warmup)) = issuer.next(due) else { break };
-        let Some((permit, held)) = take_slot(cap.as_ref(), &controls.soft).await else { break };
+        let Some((seq, warmup)) = issuer.next(due) else {
+            break;
+        };
+        let Some((permit, waited)) = take_slot(cap.as_ref(), &controls.soft).await else {
+            break;
+        };
+        let held = waited || cap_blocked_until.is_some_and(|t| due < t);
+        if waited {
+            cap_blocked_until = Some(Instant::now());
+        }
         let d = d.clone();
         tasks.spawn(async move {
             d.run_one(seq, warmup, due, held).await;
@@ -69,8 +91,13 @@ async fn wait_until(due: Instant, soft: &CancellationToken) -> bool {
 
 /// A concurrency slot (none without a cap) and whether the arrival had to
 /// wait for it; `None` when the run was stopped while waiting.
-async fn take_slot(cap: Option<&Arc<Semaphore>>, soft: &CancellationToken) -> Option<(Option<OwnedSemaphorePermit>, bool)> {
-    let Some(sem) = cap else { return Some((None, false)) };
+async fn take_slot(
+    cap: Option<&Arc<Semaphore>>,
+    soft: &CancellationToken,
+) -> Option<(Option<OwnedSemaphorePermit>, bool)> {
+    let Some(sem) = cap else {
+        return Some((None, false));
+    };
     if let Ok(p) = Arc::clone(sem).try_acquire_owned() {
         return Some((Some(p), false));
     }

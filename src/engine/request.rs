@@ -58,12 +58,23 @@ impl Decoder {
     }
 
     /// Decodes a chunk that arrived at `at`, updating the record.
-    fn feed(&mut self, p: &dyn Protocol, bytes: &[u8], at: Instant, rec: &mut RequestRecord) -> Step {
+    fn feed(
+        &mut self,
+        p: &dyn Protocol,
+        bytes: &[u8],
+        at: Instant,
+        rec: &mut RequestRecord,
+    ) -> Step {
         match self.framing {
             Framing::Sse => {
                 self.sse.feed(bytes, &mut self.events);
                 let events = std::mem::take(&mut self.events);
-                let step = self.apply_all(p, events.iter().map(|e| (e.event.as_deref(), e.data.as_str())), at, rec);
+                let step = self.apply_all(
+                    p,
+                    events.iter().map(|e| (e.event.as_deref(), e.data.as_str())),
+                    at,
+                    rec,
+                );
                 self.events = events;
                 self.events.clear();
                 step
@@ -94,7 +105,14 @@ impl Decoder {
         Step::Continue
     }
 
-    fn apply(&mut self, p: &dyn Protocol, event: Option<&str>, data: &str, at: Instant, rec: &mut RequestRecord) -> Step {
+    fn apply(
+        &mut self,
+        p: &dyn Protocol,
+        event: Option<&str>,
+        data: &str,
+        at: Instant,
+        rec: &mut RequestRecord,
+    ) -> Step {
         rec.messages += 1;
         let parsed = match p.parse(event, data) {
             Ok(e) => e,
@@ -142,7 +160,12 @@ fn classify_send_error(e: &reqwest::Error) -> ErrorClass {
 
 /// Sends `req` and reads its stream into `rec`. `cancel` ends it early as
 /// [`ErrorClass::Cancelled`].
-pub async fn execute(t: &Transport, req: &GenRequest, rec: &mut RequestRecord, cancel: &CancellationToken) {
+pub async fn execute(
+    t: &Transport,
+    req: &GenRequest,
+    rec: &mut RequestRecord,
+    cancel: &CancellationToken,
+) {
     let spec = t.protocol.build(req);
     let builder = t
         .client
@@ -162,7 +185,12 @@ pub async fn execute(t: &Transport, req: &GenRequest, rec: &mut RequestRecord, c
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            fail(rec, classify_send_error(&e), error_chain(&e), Instant::now());
+            fail(
+                rec,
+                classify_send_error(&e),
+                error_chain(&e),
+                Instant::now(),
+            );
             return;
         }
     };
@@ -202,7 +230,12 @@ async fn read_stream(
                 return;
             }
             Err(e) => {
-                fail(rec, ErrorClass::Truncated, format!("connection lost mid-stream: {}", error_chain(&e)), at);
+                fail(
+                    rec,
+                    ErrorClass::Truncated,
+                    format!("connection lost mid-stream: {}", error_chain(&e)),
+                    at,
+                );
                 return;
             }
         }
@@ -221,8 +254,17 @@ fn end_of_body(dec: &mut Decoder, p: &dyn Protocol, rec: &mut RequestRecord, at:
     if dec.done {
         return;
     }
-    let what = if dec.has_partial() { "in the middle of a message" } else { "without its terminator" };
-    fail(rec, ErrorClass::Truncated, format!("stream ended {what}"), at);
+    let what = if dec.has_partial() {
+        "in the middle of a message"
+    } else {
+        "without its terminator"
+    };
+    fail(
+        rec,
+        ErrorClass::Truncated,
+        format!("stream ended {what}"),
+        at,
+    );
 }
 
 async fn read_error_body(mut resp: reqwest::Response, rec: &mut RequestRecord) {
@@ -238,7 +280,12 @@ async fn read_error_body(mut resp: reqwest::Response, rec: &mut RequestRecord) {
     });
     let _ = read.await;
     let text = String::from_utf8_lossy(&body);
-    fail(rec, ErrorClass::Http(code), format!("HTTP {code}: {}", text.trim()), Instant::now());
+    fail(
+        rec,
+        ErrorClass::Http(code),
+        format!("HTTP {code}: {}", text.trim()),
+        Instant::now(),
+    );
 }
 
 /// The error with its causes, e.g. "error sending request: connection refused".

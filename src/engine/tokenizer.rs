@@ -55,7 +55,12 @@ pub enum Tokenizer {
 impl Tokenizer {
     /// Loads the tokenizer `spec` names.
     pub fn load(spec: &TokenizerSpec) -> Result<Self, TokenizerError> {
-        let builtin = |e: String| TokenizerError(format!("cannot load the built-in encoding {}: {e}", spec.name()));
+        let builtin = |e: String| {
+            TokenizerError(format!(
+                "cannot load the built-in encoding {}: {e}",
+                spec.name()
+            ))
+        };
         match spec {
             TokenizerSpec::Cl100kBase => tiktoken_rs::cl100k_base()
                 .map(|b| Tokenizer::Tiktoken(Box::new(b)))
@@ -85,6 +90,10 @@ fn load_hf(path: &Path) -> Result<Tokenizer, TokenizerError> {
     }
     tokenizers::Tokenizer::from_file(path)
         .map(|t| Tokenizer::HuggingFace(Box::new(t)))
-        .map_err(|e| TokenizerError(format!("--tokenizer '{}' is not a valid tokenizer.json: {e}", path.display())))
+        .map_err(|e| {
+            TokenizerError(format!(
+                "--tokenizer '{}' is not a valid tokenizer.json: {e}",
+                path.display()
+            ))
+        })
 }
-

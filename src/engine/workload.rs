@@ -17,13 +17,76 @@ use super::tokenizer::Tokenizer;
 /// Common English words that are one token each in cl100k/o200k and Llama 3
 /// tokenizers. With a tokenizer, only the words it confirms are used.
 pub const WORDS: &[&str] = &[
-    "time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child", "world",
-    "school", "state", "family", "student", "group", "country", "problem", "hand", "part",
-    "place", "case", "week", "company", "system", "program", "question", "work", "government",
-    "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story",
-    "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue",
-    "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game",
-    "line", "end", "member", "law", "car", "city", "community", "name", "president", "team",
+    "time",
+    "year",
+    "people",
+    "way",
+    "day",
+    "man",
+    "thing",
+    "woman",
+    "life",
+    "child",
+    "world",
+    "school",
+    "state",
+    "family",
+    "student",
+    "group",
+    "country",
+    "problem",
+    "hand",
+    "part",
+    "place",
+    "case",
+    "week",
+    "company",
+    "system",
+    "program",
+    "question",
+    "work",
+    "government",
+    "number",
+    "night",
+    "point",
+    "home",
+    "water",
+    "room",
+    "mother",
+    "area",
+    "money",
+    "story",
+    "fact",
+    "month",
+    "lot",
+    "right",
+    "study",
+    "book",
+    "eye",
+    "job",
+    "word",
+    "business",
+    "issue",
+    "side",
+    "kind",
+    "head",
+    "house",
+    "service",
+    "friend",
+    "father",
+    "power",
+    "hour",
+    "game",
+    "line",
+    "end",
+    "member",
+    "law",
+    "car",
+    "city",
+    "community",
+    "name",
+    "president",
+    "team",
 ];
 
 /// Builds deterministic prompts of whitespace-separated words (no tokenizer):
@@ -98,12 +161,14 @@ impl TokenLengths {
             })
         };
         if let Some(range) = s.strip_prefix("uniform:") {
-            let (lo, hi) = range
-                .split_once('-')
-                .ok_or_else(|| format!("{flag} '{s}': write the range as uniform:LOW-HIGH, e.g. uniform:128-1024"))?;
+            let (lo, hi) = range.split_once('-').ok_or_else(|| {
+                format!("{flag} '{s}': write the range as uniform:LOW-HIGH, e.g. uniform:128-1024")
+            })?;
             let (lo, hi) = (num(lo)?, num(hi)?);
             if lo > hi {
-                return Err(format!("{flag} '{s}': the low end {lo} is above the high end {hi}"));
+                return Err(format!(
+                    "{flag} '{s}': the low end {lo} is above the high end {hi}"
+                ));
             }
             return Ok(TokenLengths::Uniform { lo, hi });
         }
@@ -111,7 +176,10 @@ impl TokenLengths {
             return Ok(TokenLengths::Fixed { n: num(n)? });
         }
         match s.split_once(':') {
-            Some((m, sd)) => Ok(TokenLengths::Normal { mean: num(m)?, stddev: num(sd)? }),
+            Some((m, sd)) => Ok(TokenLengths::Normal {
+                mean: num(m)?,
+                stddev: num(sd)?,
+            }),
             None => Ok(TokenLengths::Fixed { n: num(s)? }),
         }
     }
@@ -139,10 +207,12 @@ impl TokenLengths {
         match *self {
             TokenLengths::Fixed { n } => n,
             TokenLengths::Uniform { lo, hi } => rng.random_range(lo..=hi),
-            TokenLengths::Normal { mean, stddev } => match Normal::new(f64::from(mean), f64::from(stddev)) {
-                Ok(d) => d.sample(rng).round().clamp(1.0, f64::from(u32::MAX)) as u32,
-                Err(_) => mean.max(1),
-            },
+            TokenLengths::Normal { mean, stddev } => {
+                match Normal::new(f64::from(mean), f64::from(stddev)) {
+                    Ok(d) => d.sample(rng).round().clamp(1.0, f64::from(u32::MAX)) as u32,
+                    Err(_) => mean.max(1),
+                }
+            }
         }
     }
 }
@@ -169,16 +239,24 @@ impl Workload {
     /// A workload of `items` (at least one; an empty list gets one empty prompt).
     pub fn new(mut items: Vec<WorkItem>, seed: u64) -> Self {
         if items.is_empty() {
-            items.push(WorkItem { prompt: String::new(), max_tokens: 1, input_tokens: None });
+            items.push(WorkItem {
+                prompt: String::new(),
+                max_tokens: 1,
+                input_tokens: None,
+            });
         }
-        Self { items: Arc::new(items), seed }
+        Self {
+            items: Arc::new(items),
+            seed,
+        }
     }
 
     /// Word prompts without a tokenizer (the simulator counts words as tokens).
-    pub fn words(count: usize, input_words: u32, max_tokens: u32, seed: u64) -> Self {
+    pub fn words(count: usize, input_words: u32, output: &TokenLengths, seed: u64) -> Self {
         let src = PromptSource::new(input_words, seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
         let items = (0..count.max(1) as u64)
-            .map(|i| WorkItem { prompt: src.prompt(i), max_tokens, input_tokens: None })
+            .map(|i| WorkItem { prompt: src.prompt(i), max_tokens: output.sample(&mut rng).max(1), input_tokens: None })
             .collect();
         Self::new(items, seed)
     }
@@ -236,8 +314,11 @@ pub struct PromptBuilder<'a> {
 impl<'a> PromptBuilder<'a> {
     /// Vets [`WORDS`] against `tok`.
     pub fn new(tok: &'a Tokenizer) -> Self {
-        let mut words: Vec<&'static str> =
-            WORDS.iter().copied().filter(|w| tok.count(w) == 1 && tok.count(&format!(" {w}")) == 1).collect();
+        let mut words: Vec<&'static str> = WORDS
+            .iter()
+            .copied()
+            .filter(|w| tok.count(w) == 1 && tok.count(&format!(" {w}")) == 1)
+            .collect();
         if words.is_empty() {
             words = WORDS.to_vec();
         }
@@ -251,7 +332,13 @@ impl<'a> PromptBuilder<'a> {
 
     /// Text of `n` tokens following `prefix` (which has `prefix_tokens`
     /// tokens); returns the whole prompt and its counted length.
-    pub fn build(&self, prefix: &str, prefix_tokens: u32, n: u32, rng: &mut SmallRng) -> (String, u32) {
+    pub fn build(
+        &self,
+        prefix: &str,
+        prefix_tokens: u32,
+        n: u32,
+        rng: &mut SmallRng,
+    ) -> (String, u32) {
         let target = (prefix_tokens + n) as usize;
         let mut words: Vec<&str> = (0..n).map(|_| self.pick(rng)).collect();
         let mut text = join(prefix, &words);
@@ -307,7 +394,11 @@ pub fn synthetic(spec: &SyntheticSpec, tok: &Tokenizer, count: usize) -> Workloa
             let (prefix, ptoks) = &prefixes[i % prefixes.len()];
             let n = spec.input.sample(&mut rng);
             let (prompt, counted) = builder.build(prefix, *ptoks, n, &mut rng);
-            WorkItem { prompt, max_tokens: spec.output.sample(&mut rng).max(1), input_tokens: Some(counted) }
+            WorkItem {
+                prompt,
+                max_tokens: spec.output.sample(&mut rng).max(1),
+                input_tokens: Some(counted),
+            }
         })
         .collect();
     Workload::new(items, spec.seed)
@@ -316,17 +407,29 @@ pub fn synthetic(spec: &SyntheticSpec, tok: &Tokenizer, count: usize) -> Workloa
 /// Builds a workload from dataset records, cycling them to `count` items if
 /// fewer. `max_tokens` is the record's own, else the token length of its
 /// reference answer, else drawn from `output`.
-pub fn from_dataset(records: &[DatasetRecord], tok: &Tokenizer, output: &TokenLengths, count: usize, seed: u64) -> Workload {
+pub fn from_dataset(
+    records: &[DatasetRecord],
+    tok: &Tokenizer,
+    output: &TokenLengths,
+    count: usize,
+    seed: u64,
+) -> Workload {
     let mut rng = SmallRng::seed_from_u64(seed);
     let n = count.clamp(1, records.len().max(1));
     let items = records
         .iter()
         .take(n)
         .map(|r| {
-            let answer = r.reference_answer.as_deref().map(|a| tok.count(a).max(1) as u32);
+            let answer = r
+                .reference_answer
+                .as_deref()
+                .map(|a| tok.count(a).max(1) as u32);
             WorkItem {
                 prompt: r.prompt.clone(),
-                max_tokens: r.max_tokens.or(answer).unwrap_or_else(|| output.sample(&mut rng).max(1)),
+                max_tokens: r
+                    .max_tokens
+                    .or(answer)
+                    .unwrap_or_else(|| output.sample(&mut rng).max(1)),
                 input_tokens: Some(u32::try_from(tok.count(&r.prompt)).unwrap_or(u32::MAX)),
             }
         })
@@ -349,20 +452,45 @@ mod tests {
 
     #[test]
     fn token_length_specs_parse_and_sample() {
-        assert_eq!(TokenLengths::parse("--input-tokens", "512"), Ok(TokenLengths::Fixed { n: 512 }));
-        assert_eq!(TokenLengths::parse("--input-tokens", "fixed:64"), Ok(TokenLengths::Fixed { n: 64 }));
-        assert_eq!(TokenLengths::parse("--input-tokens", "512:128"), Ok(TokenLengths::Normal { mean: 512, stddev: 128 }));
-        assert_eq!(TokenLengths::parse("--x", "uniform:128-1024"), Ok(TokenLengths::Uniform { lo: 128, hi: 1024 }));
+        assert_eq!(
+            TokenLengths::parse("--input-tokens", "512"),
+            Ok(TokenLengths::Fixed { n: 512 })
+        );
+        assert_eq!(
+            TokenLengths::parse("--input-tokens", "fixed:64"),
+            Ok(TokenLengths::Fixed { n: 64 })
+        );
+        assert_eq!(
+            TokenLengths::parse("--input-tokens", "512:128"),
+            Ok(TokenLengths::Normal {
+                mean: 512,
+                stddev: 128
+            })
+        );
+        assert_eq!(
+            TokenLengths::parse("--x", "uniform:128-1024"),
+            Ok(TokenLengths::Uniform { lo: 128, hi: 1024 })
+        );
         let e = TokenLengths::parse("--output-tokens", "uniform:9-3").unwrap_err();
         assert!(e.contains("--output-tokens") && e.contains("above"), "{e}");
-        assert!(TokenLengths::parse("--input-tokens", "lots").unwrap_err().contains("'lots'"));
+        assert!(TokenLengths::parse("--input-tokens", "lots")
+            .unwrap_err()
+            .contains("'lots'"));
         let mut rng = SmallRng::seed_from_u64(1);
         let u = TokenLengths::Uniform { lo: 10, hi: 20 };
-        assert!((0..500).map(|_| u.sample(&mut rng)).all(|x| (10..=20).contains(&x)));
-        let n = TokenLengths::Normal { mean: 500, stddev: 50 };
+        assert!((0..500)
+            .map(|_| u.sample(&mut rng))
+            .all(|x| (10..=20).contains(&x)));
+        let n = TokenLengths::Normal {
+            mean: 500,
+            stddev: 50,
+        };
         let xs: Vec<f64> = (0..5000).map(|_| f64::from(n.sample(&mut rng))).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64).sqrt();
-        assert!((mean - 500.0).abs() < 3.0 && (sd - 50.0).abs() < 3.0, "{mean} {sd}");
+        assert!(
+            (mean - 500.0).abs() < 3.0 && (sd - 50.0).abs() < 3.0,
+            "{mean} {sd}"
+        );
     }
 }

@@ -113,13 +113,53 @@ impl SimMetrics {
     pub fn render(&self, model: &str) -> String {
         let labels = format!("model_name=\"{}\"", escape_label(model));
         let mut out = String::with_capacity(4096);
-        gauge(&mut out, "vllm:num_requests_running", "Number of requests in model execution batches.", &labels, self.running.load(Ordering::Relaxed));
-        gauge(&mut out, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", &labels, self.waiting.load(Ordering::Relaxed));
-        counter(&mut out, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", &labels, self.prompt_tokens.load(Ordering::Relaxed));
-        counter(&mut out, "vllm:generation_tokens_total", "Number of generation tokens processed.", &labels, self.generation_tokens.load(Ordering::Relaxed));
-        counter(&mut out, "vllm:request_success_total", "Count of successfully processed requests.", &labels, self.success.load(Ordering::Relaxed));
-        lock(&self.ttft).render(&mut out, "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", &labels);
-        lock(&self.e2e).render(&mut out, "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", &labels);
+        gauge(
+            &mut out,
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            &labels,
+            self.running.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            &labels,
+            self.waiting.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "vllm:prompt_tokens_total",
+            "Number of prefill tokens processed.",
+            &labels,
+            self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "vllm:generation_tokens_total",
+            "Number of generation tokens processed.",
+            &labels,
+            self.generation_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "vllm:request_success_total",
+            "Count of successfully processed requests.",
+            &labels,
+            self.success.load(Ordering::Relaxed),
+        );
+        lock(&self.ttft).render(
+            &mut out,
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            &labels,
+        );
+        lock(&self.e2e).render(
+            &mut out,
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            &labels,
+        );
         out
     }
 }
@@ -129,15 +169,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, labels: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}"
+    );
 }
 
 fn counter(out: &mut String, name: &str, help: &str, labels: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}"
+    );
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -153,9 +201,14 @@ mod tests {
         m.end_request(Duration::from_millis(900), true);
         let text = m.render("m");
         assert!(text.contains("vllm:prompt_tokens_total{model_name=\"m\"} 10"));
-        assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.1\"} 1"));
-        assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.5\"} 2"));
-        assert!(text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 2"));
+        assert!(
+            text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.1\"} 1")
+        );
+        assert!(
+            text.contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.5\"} 2")
+        );
+        assert!(text
+            .contains("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",le=\"+Inf\"} 2"));
         assert!(text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"m\"} 1"));
         assert!(text.contains("vllm:num_requests_running{model_name=\"m\"} 0"));
     }

@@ -147,11 +147,10 @@ impl Drop for SimHandle {
 /// competes with the caller's runtime for scheduling. Returns once bound.
 pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     let requested = SocketAddr::new(cfg.host, cfg.port);
-    let listener =
-        std::net::TcpListener::bind(requested).map_err(|source| SimError::Bind {
-            addr: requested,
-            source,
-        })?;
+    let listener = std::net::TcpListener::bind(requested).map_err(|source| SimError::Bind {
+        addr: requested,
+        source,
+    })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -159,8 +158,16 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .thread_name("throtl-sim")
         .enable_all()
         .build()?;
-    let model = Box::new(FixedDelay { ttft: cfg.ttft, itl: cfg.itl, timer: PreciseTimer::start()? });
-    let state = Arc::new(SimState { cfg, metrics: SimMetrics::default(), model });
+    let model = Box::new(FixedDelay {
+        ttft: cfg.ttft,
+        itl: cfg.itl,
+        timer: PreciseTimer::start()?,
+    });
+    let state = Arc::new(SimState {
+        cfg,
+        metrics: SimMetrics::default(),
+        model,
+    });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("throtl-sim-main".into())

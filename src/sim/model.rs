@@ -117,7 +117,13 @@ mod tests {
             timer: PreciseTimer::start().unwrap(),
         };
         let arrival = Instant::now();
-        let mut g = m.admit(Admission { prompt_tokens: 1, max_tokens: 4, arrival }).unwrap();
+        let mut g = m
+            .admit(Admission {
+                prompt_tokens: 1,
+                max_tokens: 4,
+                arrival,
+            })
+            .unwrap();
         let mut n = 0;
         while let Some(ev) = g.next().await {
             assert_eq!(ev, GenEvent::Token);

@@ -31,9 +31,12 @@ struct Gen {
 }
 
 fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Response>> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| bad_request(&format!("invalid JSON body: {e}")))?;
     let prompt_tokens = if chat {
-        let msgs = v["messages"].as_array().ok_or_else(|| bad_request("'messages' must be an array"))?;
+        let msgs = v["messages"]
+            .as_array()
+            .ok_or_else(|| bad_request("'messages' must be an array"))?;
         msgs.iter().map(|m| count_words(&m["content"])).sum()
     } else {
         count_words(&v["prompt"])
@@ -41,11 +44,15 @@ fn parse_request(st: &SimState, body: &[u8], chat: bool) -> Result<Gen, Box<Resp
     let max_tokens = v["max_completion_tokens"]
         .as_u64()
         .or_else(|| v["max_tokens"].as_u64())
-        .map_or(st.cfg.default_output_tokens, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        .map_or(st.cfg.default_output_tokens, |n| {
+            u32::try_from(n).unwrap_or(u32::MAX)
+        });
     Ok(Gen {
         chat,
         stream: v["stream"].as_bool().unwrap_or(false),
-        include_usage: v["stream_options"]["include_usage"].as_bool().unwrap_or(false),
+        include_usage: v["stream_options"]["include_usage"]
+            .as_bool()
+            .unwrap_or(false),
         max_tokens,
         prompt_tokens,
         model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),
@@ -104,7 +111,11 @@ async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
         Ok(g) => g,
         Err(resp) => return *resp,
     };
-    let admission = Admission { prompt_tokens: gen.prompt_tokens, max_tokens: gen.max_tokens, arrival };
+    let admission = Admission {
+        prompt_tokens: gen.prompt_tokens,
+        max_tokens: gen.max_tokens,
+        arrival,
+    };
     let tokens = match st.model.admit(admission) {
         Ok(t) => t,
         Err(r) => return rejection(&r),
@@ -117,7 +128,12 @@ async fn generate(st: Arc<SimState>, body: &[u8], chat: bool) -> Response {
     }
 }
 
-async fn whole_response(st: Arc<SimState>, gen: Gen, mut tokens: Generation, arrival: Instant) -> Response {
+async fn whole_response(
+    st: Arc<SimState>,
+    gen: Gen,
+    mut tokens: Generation,
+    arrival: Instant,
+) -> Response {
     let mut text = String::new();
     let mut k = 0u32;
     while let Some(ev) = tokens.next().await {
@@ -154,12 +170,26 @@ struct Ids {
 }
 
 fn ids(gen: &Gen) -> Ids {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     if gen.chat {
-        Ids { id: format!("chatcmpl-{created:x}{nanos:x}"), object_whole: "chat.completion", object_chunk: "chat.completion.chunk", created }
+        Ids {
+            id: format!("chatcmpl-{created:x}{nanos:x}"),
+            object_whole: "chat.completion",
+            object_chunk: "chat.completion.chunk",
+            created,
+        }
     } else {
-        Ids { id: format!("cmpl-{created:x}{nanos:x}"), object_whole: "text_completion", object_chunk: "text_completion", created }
+        Ids {
+            id: format!("cmpl-{created:x}{nanos:x}"),
+            object_whole: "text_completion",
+            object_chunk: "text_completion",
+            created,
+        }
     }
 }
 
@@ -199,14 +229,21 @@ async fn produce_stream(
     while let Some(ev) = tokens.next().await {
         if let GenEvent::Fail(msg) = ev {
             let err = json!({"error": {"object": "error", "message": msg, "type": "InternalServerError", "param": null, "code": 500}});
-            let _ = tx.send(Ok(Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n")))).await;
+            let _ = tx
+                .send(Ok(Bytes::from(format!("data: {err}\n\ndata: [DONE]\n\n"))))
+                .await;
             break;
         }
         let mut frame = String::with_capacity(512);
         if k == 0 {
             st.metrics.first_token(arrival.elapsed());
             if gen.chat {
-                push_chunk(&mut frame, &ids, &gen, json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}));
+                push_chunk(
+                    &mut frame,
+                    &ids,
+                    &gen,
+                    json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+                );
             }
         }
         let last = k + 1 == gen.max_tokens;
@@ -260,10 +297,11 @@ fn finish_frame(frame: &mut String, ids: &Ids, gen: &Gen) {
 
 /// `GET /v1/models`.
 pub(super) async fn models(State(st): State<Arc<SimState>>) -> Json<Value> {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     Json(json!({"object": "list", "data": [{
         "id": st.cfg.model, "object": "model", "created": created, "owned_by": "vllm",
         "root": st.cfg.model, "parent": null, "max_model_len": 8192,
     }]}))
 }
-

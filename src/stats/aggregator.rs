@@ -73,7 +73,13 @@ impl Aggregator {
         records: Option<RecordsOut>,
         snapshots: watch::Sender<Arc<Snapshot>>,
     ) -> std::io::Result<Self> {
-        Self::start_with(rx, requested_input_tokens, records, snapshots, Stats::default())
+        Self::start_with(
+            rx,
+            requested_input_tokens,
+            records,
+            snapshots,
+            Stats::default(),
+        )
     }
 
     /// Like [`Aggregator::start`], folding records into `initial` (which may

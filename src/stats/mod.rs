@@ -160,7 +160,8 @@ impl InputTokenCheck {
 
     /// (server − local) / local, when anything was compared.
     pub fn relative_difference(&self) -> Option<f64> {
-        (self.compared > 0 && self.local > 0).then(|| (self.server as f64 - self.local as f64) / self.local as f64)
+        (self.compared > 0 && self.local > 0)
+            .then(|| (self.server as f64 - self.local as f64) / self.local as f64)
     }
 }
 
@@ -233,7 +234,10 @@ impl Stats {
     }
 
     fn extend_window(&mut self, r: &RequestRecord) {
-        self.window_start = Some(self.window_start.map_or(r.scheduled, |s| s.min(r.scheduled)));
+        self.window_start = Some(
+            self.window_start
+                .map_or(r.scheduled, |s| s.min(r.scheduled)),
+        );
         self.window_end = Some(self.window_end.map_or(r.end, |e| e.max(r.end)));
         self.busy += r.end.saturating_duration_since(r.sent);
     }
@@ -242,7 +246,9 @@ impl Stats {
         let key = class.key();
         *self.errors.entry(key.clone()).or_default() += 1;
         if let Some(sample) = &r.error_sample {
-            self.error_samples.entry(key).or_insert_with(|| sample.clone());
+            self.error_samples
+                .entry(key)
+                .or_insert_with(|| sample.clone());
         }
     }
 
@@ -293,7 +299,9 @@ impl Stats {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         for (k, v) in &o.error_samples {
-            self.error_samples.entry(k.clone()).or_insert_with(|| v.clone());
+            self.error_samples
+                .entry(k.clone())
+                .or_insert_with(|| v.clone());
         }
         self.ok += o.ok;
         self.good += o.good;

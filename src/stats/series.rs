@@ -68,7 +68,10 @@ const MAX_SECONDS: usize = 86_400;
 impl TimeSeries {
     /// An empty series whose second 0 starts at `origin`.
     pub fn starting_at(origin: Instant) -> Self {
-        Self { origin: Some(origin), buckets: Vec::new() }
+        Self {
+            origin: Some(origin),
+            buckets: Vec::new(),
+        }
     }
 
     fn index(&self, at: Instant) -> Option<usize> {
@@ -85,7 +88,9 @@ impl TimeSeries {
 
     /// Adds one record (no-op without an origin).
     pub fn ingest(&mut self, r: &RequestRecord) {
-        let (Some(sent_i), Some(end_i)) = (self.index(r.sent), self.index(r.end)) else { return };
+        let (Some(sent_i), Some(end_i)) = (self.index(r.sent), self.index(r.end)) else {
+            return;
+        };
         self.bucket(sent_i).sent += 1;
         self.add_busy(r.sent, r.end);
         let b = self.bucket(end_i);
@@ -111,7 +116,11 @@ impl TimeSeries {
         while t < to {
             let Some(i) = self.index(t) else { return };
             let bucket_end = origin + Duration::from_secs(i as u64 + 1);
-            let until = if i == MAX_SECONDS - 1 { to } else { bucket_end.min(to) };
+            let until = if i == MAX_SECONDS - 1 {
+                to
+            } else {
+                bucket_end.min(to)
+            };
             self.bucket(i).busy += until - t;
             t = until;
         }
@@ -170,7 +179,11 @@ fn percentiles(us: &[u64]) -> Percentiles {
         let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
         v[rank - 1] as f64 / 1000.0
     };
-    Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99) }
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+    }
 }
 
 #[cfg(test)]
@@ -199,7 +212,11 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert_eq!((p[0].sent, p[1].sent, p[1].ok, p[2].errors), (1, 2, 2, 1));
         assert!((p[0].in_flight - 0.5).abs() < 1e-6);
-        assert!((p[1].in_flight - (0.5 + 0.1 + 0.8)).abs() < 1e-6, "{}", p[1].in_flight);
+        assert!(
+            (p[1].in_flight - (0.5 + 0.1 + 0.8)).abs() < 1e-6,
+            "{}",
+            p[1].in_flight
+        );
         assert!((p[1].e2e_ms.p50 - 100.0).abs() < 1e-9);
         assert!((p[1].e2e_ms.p99 - 1000.0).abs() < 1e-9);
     }

@@ -153,7 +153,8 @@ mod tests {
         assert!(d.has_partial());
     }
 
-    const SAMPLE: &[u8] = b": keep-alive\r\n\r\nevent: a\ndata: {\"x\": 1}\n\ndata: one\ndata: two\r\n\r\n\
+    const SAMPLE: &[u8] =
+        b": keep-alive\r\n\r\nevent: a\ndata: {\"x\": 1}\n\ndata: one\ndata: two\r\n\r\n\
 id: 7\nretry: 100\ndata: [DONE]\r\r";
 
     proptest! {
