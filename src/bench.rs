@@ -170,12 +170,7 @@ pub fn build_workload(cfg: &BenchConfig) -> Result<Workload, BenchError> {
         n: cfg.output_tokens,
     });
     let Some(spec) = &w.tokenizer else {
-        return Ok(Workload::words(
-            count,
-            cfg.input_tokens,
-            &output,
-            cfg.seed,
-        ));
+        return Ok(Workload::words(count, cfg.input_tokens, &output, cfg.seed));
     };
     let tok = Tokenizer::load(spec).map_err(|e| ConfigError(e.0))?;
     if let Some(ds) = &w.dataset {

@@ -248,13 +248,16 @@ pub fn run_sweep(args: &SweepArgs) -> Result<ExitCode> {
             axis,
         };
         let controls = crate::engine::Controls::default();
+        let watcher = tokio::spawn(stop_on_ctrl_c(controls.clone(), sweep.base.grace));
         let report = crate::sweep::run(&sweep, controls, |s| {
             eprintln!(
                 "step {}: {:.2} req/s, TTFT p95 {:.1} ms",
                 s.load, s.run.throughput.requests_per_s, s.run.latency_ms.ttft.p95
             );
         })
-        .await?;
+        .await;
+        watcher.abort();
+        let report = report?;
         crate::cli::print_out(&crate::sweep::render(&report));
         Ok(if report.interrupted {
             ExitCode::from(130)
@@ -262,6 +265,21 @@ pub fn run_sweep(args: &SweepArgs) -> Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+/// First Ctrl-C: stop issuing (the current step ends, its JSON is kept);
+/// after `grace` or a second Ctrl-C, cancel in-flight requests.
+async fn stop_on_ctrl_c(controls: crate::engine::Controls, grace: Duration) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    controls.soft.cancel();
+    eprintln!("\ninterrupted: finishing the current step (Ctrl-C again to stop now)");
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    controls.hard.cancel();
 }
 
 /// Runs `throtl init`.

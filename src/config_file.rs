@@ -210,14 +210,15 @@ pub(crate) fn parse_config(
         let at = e.location().map_or(String::new(), |l| format!(":{}", l.line()));
         ConfigFileError(format!("{name}{at}: not valid YAML: {e}. Write one 'flag-name: value' per line (see `throtl init`)"))
     })?;
-    let map =
-        match doc {
-            serde_norway::Value::Mapping(m) => m,
-            serde_norway::Value::Null => return Ok(Vec::new()),
-            _ => return Err(ConfigFileError(format!(
+    let map = match doc {
+        serde_norway::Value::Mapping(m) => m,
+        serde_norway::Value::Null => return Ok(Vec::new()),
+        _ => {
+            return Err(ConfigFileError(format!(
                 "{name}: the file must be a mapping of flag names to values, e.g. 'concurrency: 8'"
-            ))),
-        };
+            )))
+        }
+    };
     let known = known_flags(sub);
     let mut out = Vec::new();
     for (k, v) in map {

@@ -130,7 +130,9 @@ pub fn find_knee(points: &[(f64, f64)]) -> Option<Knee> {
         }
     };
     let last = points.len() - 1;
-    let step = (0..=last).find(|&i| (i + 1..=last).all(|j| gain(i, j) < KNEE_GAIN * base)).unwrap_or(last);
+    let step = (0..=last)
+        .find(|&i| (i + 1..=last).all(|j| gain(i, j) < KNEE_GAIN * base))
+        .unwrap_or(last);
     let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
     Some(Knee {
         step,
@@ -393,7 +395,15 @@ mod tests {
         let linear = find_knee(&[(1.0, 1.0), (2.0, 2.0), (4.0, 4.0), (4.6, 4.6)]).unwrap();
         assert_eq!((linear.load, linear.saturated), (4.6, false));
         // A noisy dip does not end the search: 8 → 16 still gains.
-        let noisy = find_knee(&[(1.0, 10.0), (2.0, 20.0), (4.0, 38.0), (8.0, 36.0), (16.0, 150.0), (32.0, 151.0)]).unwrap();
+        let noisy = find_knee(&[
+            (1.0, 10.0),
+            (2.0, 20.0),
+            (4.0, 38.0),
+            (8.0, 36.0),
+            (16.0, 150.0),
+            (32.0, 151.0),
+        ])
+        .unwrap();
         assert_eq!(noisy.load, 16.0);
         // Throughput that falls after overload.
         let falling = find_knee(&[(10.0, 10.0), (20.0, 20.0), (40.0, 30.0), (80.0, 25.0)]).unwrap();

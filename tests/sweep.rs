@@ -118,8 +118,16 @@ async fn rate_sweep_finds_the_capacity_knee() {
     b.stop = StopCondition::Duration(Duration::from_millis(800));
     b.warmup = 0;
     // Constant arrivals keep short steps free of Poisson noise.
-    let arrivals = ArrivalConfig { rate: 1.0, process: ArrivalProcess::Constant, seed: 0, ramp_up: Duration::ZERO };
-    b.workload.shape = LoadShape::Open { arrivals, max_concurrency: None };
+    let arrivals = ArrivalConfig {
+        rate: 1.0,
+        process: ArrivalProcess::Constant,
+        seed: 0,
+        ramp_up: Duration::ZERO,
+    };
+    b.workload.shape = LoadShape::Open {
+        arrivals,
+        max_concurrency: None,
+    };
     let cfg = SweepConfig {
         base: b,
         axis: SweepAxis::Rates(vec![10.0, 25.0, 50.0, 100.0]),

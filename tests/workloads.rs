@@ -357,3 +357,21 @@ async fn slo_goodput_counts_requests_meeting_every_objective() {
     assert!(!slo.met && slo.good_requests == 0 && slo.goodput_requests_per_s == 0.0);
     assert!(slo.objectives[0].observed_ms >= 30.0);
 }
+
+#[tokio::test]
+async fn ramp_up_staggers_users_and_labels_ramp_requests_as_warmup() {
+    let server = fast_sim();
+    let mut cfg = base(server.url());
+    cfg.concurrency = 4;
+    cfg.stop = StopCondition::Requests(20);
+    cfg.workload.ramp_up = Duration::from_millis(400);
+    let r = throtl::bench::run(&cfg, Controls::default()).await.unwrap();
+    assert_eq!(r.requests.ok, 20);
+    // Requests take ~12 ms; users start at 0, 100, 200, 300 ms, so many are due during the ramp.
+    assert!(r.load.warmup_requests >= 10, "{}", r.load.warmup_requests);
+    let warm: u64 = r.timeseries.iter().map(|p| p.warmup).sum();
+    assert_eq!(
+        warm, r.load.warmup_requests,
+        "the series labels ramp requests as warmup"
+    );
+}

@@ -256,7 +256,11 @@ impl Workload {
         let src = PromptSource::new(input_words, seed);
         let mut rng = SmallRng::seed_from_u64(seed);
         let items = (0..count.max(1) as u64)
-            .map(|i| WorkItem { prompt: src.prompt(i), max_tokens: output.sample(&mut rng).max(1), input_tokens: None })
+            .map(|i| WorkItem {
+                prompt: src.prompt(i),
+                max_tokens: output.sample(&mut rng).max(1),
+                input_tokens: None,
+            })
             .collect();
         Self::new(items, seed)
     }

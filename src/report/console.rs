@@ -59,7 +59,9 @@ fn load_lines(s: &mut String, r: &RunReport) {
     let l = &r.load;
     match r.schedule.as_ref() {
         Some(sc) if sc.mode == "open" => {
-            let cap = sc.max_concurrency.map_or(String::new(), |c| format!(", cap {c}"));
+            let cap = sc
+                .max_concurrency
+                .map_or(String::new(), |c| format!(", cap {c}"));
             let _ = writeln!(
                 s,
                 "  load        open loop, {} arrivals at {} req/s{cap} (peak {} in flight), {} warmup excluded",
@@ -100,7 +102,16 @@ fn slo_line(s: &mut String, r: &RunReport) {
     let parts: Vec<String> = slo
         .objectives
         .iter()
-        .map(|o| format!("{:?} p{} {:.1} ms ≤ {:.0} ms {}", o.metric, slo.percentile, o.observed_ms, o.threshold_ms, if o.met { "ok" } else { "MISSED" }))
+        .map(|o| {
+            format!(
+                "{:?} p{} {:.1} ms ≤ {:.0} ms {}",
+                o.metric,
+                slo.percentile,
+                o.observed_ms,
+                o.threshold_ms,
+                if o.met { "ok" } else { "MISSED" }
+            )
+        })
         .collect();
     let _ = writeln!(
         s,
