@@ -343,11 +343,31 @@ impl<'a> PromptBuilder<'a> {
         n: u32,
         rng: &mut SmallRng,
     ) -> (String, u32) {
+        let (text, count, _) = self.build_checked(prefix, prefix_tokens, n, rng, true);
+        (text, count)
+    }
+
+    /// Like [`PromptBuilder::build`]; with `verify` false the text is not
+    /// counted and the target is returned. The flag says whether the first
+    /// joined text already had the exact count (true when not verified).
+    fn build_checked(
+        &self,
+        prefix: &str,
+        prefix_tokens: u32,
+        n: u32,
+        rng: &mut SmallRng,
+        verify: bool,
+    ) -> (String, u32, bool) {
         let target = (prefix_tokens + n) as usize;
         let mut words: Vec<&str> = (0..n).map(|_| self.pick(rng)).collect();
         let mut text = join(prefix, &words);
+        if !verify {
+            return (text, prefix_tokens + n, true);
+        }
+        let mut first_exact = None;
         for _ in 0..16 {
             let count = self.tok.count(&text);
+            first_exact.get_or_insert(count == target);
             if count == target {
                 break;
             }
@@ -360,7 +380,7 @@ impl<'a> PromptBuilder<'a> {
             text = join(prefix, &words);
         }
         let count = u32::try_from(self.tok.count(&text)).unwrap_or(u32::MAX);
-        (text, count)
+        (text, count, first_exact.unwrap_or(true))
     }
 
     fn pick(&self, rng: &mut SmallRng) -> &'static str {
@@ -380,9 +400,36 @@ fn join(prefix: &str, words: &[&str]) -> String {
     s
 }
 
+/// Prompts always counted at the start of a workload.
+const VERIFY_FIRST: usize = 64;
+/// After those, every this-many-th prompt is counted as a spot check.
+const VERIFY_EVERY: usize = 32;
+
 /// Builds `count` synthetic items of exact token lengths with `tok`.
+///
+/// Joining words the tokenizer confirmed as single tokens gives the exact
+/// count by construction for tokenizers that split on spaces. To keep large
+/// workloads fast, the first [`VERIFY_FIRST`] prompts and every
+/// [`VERIFY_EVERY`]-th after are counted; if any of them needed adjusting,
+/// the whole workload is rebuilt (same seed, same items) counting every prompt.
 pub fn synthetic(spec: &SyntheticSpec, tok: &Tokenizer, count: usize) -> Workload {
     let builder = PromptBuilder::new(tok);
+    match build_items(spec, &builder, count, false) {
+        Some(items) => Workload::new(items, spec.seed),
+        None => Workload::new(
+            build_items(spec, &builder, count, true).unwrap_or_default(),
+            spec.seed,
+        ),
+    }
+}
+
+/// The items; `None` when a spot check failed (only when not `verify_all`).
+fn build_items(
+    spec: &SyntheticSpec,
+    builder: &PromptBuilder<'_>,
+    count: usize,
+    verify_all: bool,
+) -> Option<Vec<WorkItem>> {
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     let prefixes: Vec<(String, u32)> = (0..spec.prefix_groups.max(1))
         .map(|g| {
@@ -393,19 +440,22 @@ pub fn synthetic(spec: &SyntheticSpec, tok: &Tokenizer, count: usize) -> Workloa
             }
         })
         .collect();
-    let items = (0..count.max(1))
-        .map(|i| {
-            let (prefix, ptoks) = &prefixes[i % prefixes.len()];
-            let n = spec.input.sample(&mut rng);
-            let (prompt, counted) = builder.build(prefix, *ptoks, n, &mut rng);
-            WorkItem {
-                prompt,
-                max_tokens: spec.output.sample(&mut rng).max(1),
-                input_tokens: Some(counted),
-            }
-        })
-        .collect();
-    Workload::new(items, spec.seed)
+    let mut items = Vec::with_capacity(count.max(1));
+    for i in 0..count.max(1) {
+        let (prefix, ptoks) = &prefixes[i % prefixes.len()];
+        let n = spec.input.sample(&mut rng);
+        let verify = verify_all || i < VERIFY_FIRST || i % VERIFY_EVERY == 0;
+        let (prompt, counted, exact) = builder.build_checked(prefix, *ptoks, n, &mut rng, verify);
+        if !exact && !verify_all {
+            return None;
+        }
+        items.push(WorkItem {
+            prompt,
+            max_tokens: spec.output.sample(&mut rng).max(1),
+            input_tokens: Some(counted),
+        });
+    }
+    Some(items)
 }
 
 /// Builds a workload from dataset records, cycling them to `count` items if
