@@ -74,6 +74,7 @@ fn config(url: &str, concurrency: u32, requests: u64) -> BenchConfig {
         grace: Duration::from_secs(1),
         api_key_env: None,
         api_options: Default::default(),
+        workload: Default::default(),
     }
 }
 

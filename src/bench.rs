@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use crate::api::{AuthStyle, Protocol, ProtocolOptions};
 use crate::config::{BenchConfig, ConfigError};
 use crate::engine::request::{error_chain, Transport};
-use crate::engine::workload::PromptSource;
-use crate::engine::{self, Controls, LoadPlan};
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::workload::{self, SyntheticSpec, TokenLengths, Workload};
+use crate::engine::{self, Controls, LoadPlan, LoadShape, StopCondition};
 use crate::progress::{Progress, ProgressInputs};
 use crate::report::RunReport;
 use crate::scrape::recorder::Recorder;
@@ -81,9 +82,10 @@ impl Outputs {
 pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
     cfg.validate()?;
     let mut outputs = Outputs::open(cfg)?;
+    let workload = build_workload(cfg)?;
     preflight(&build_client()?, &cfg.url).await?;
     let transport = Arc::new(build_transport(cfg)?);
-    let report = measure(cfg, transport, controls, outputs.records.take()).await?;
+    let report = measure(cfg, transport, controls, outputs.records.take(), workload).await?;
     if let Some((path, file)) = outputs.json.take() {
         write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
     }
@@ -95,6 +97,7 @@ async fn measure(
     transport: Arc<Transport>,
     controls: Controls,
     records: Option<(PathBuf, File)>,
+    workload: Workload,
 ) -> Result<RunReport, BenchError> {
     let started_wall = time::OffsetDateTime::now_utc();
     let origin = Instant::now();
@@ -105,7 +108,12 @@ async fn measure(
         writer: Box::new(BufWriter::with_capacity(1 << 16, f)) as Box<dyn Write + Send>,
         origin,
     });
-    let aggregator = Aggregator::start(rx, cfg.input_tokens, records_out, snap_tx)
+    let initial = crate::stats::Stats {
+        series: crate::stats::TimeSeries::starting_at(origin),
+        slos: cfg.workload.slos.clone(),
+        ..Default::default()
+    };
+    let aggregator = Aggregator::start_with(rx, cfg.input_tokens, records_out, snap_tx, initial)
         .map_err(|e| BenchError::Internal(e.to_string()))?;
     let (server_tx, server_rx) = watch::channel(None);
     let recorder = Recorder::start(&cfg.url, SERVER_SCRAPE_EVERY, origin, server_tx).ok();
@@ -120,16 +128,18 @@ async fn measure(
         controls: controls.clone(),
     };
     let progress = Progress::start(cfg.progress, snap_rx, inputs);
+    let distinct = workload.len();
     let plan = Arc::new(LoadPlan {
         concurrency: cfg.concurrency,
         stop: cfg.stop,
         warmup: cfg.warmup,
         model: cfg.model.clone(),
-        max_tokens: cfg.output_tokens,
         ignore_eos: cfg.ignore_eos,
-        prompts: PromptSource::new(cfg.input_tokens, cfg.seed),
+        workload,
+        shape: cfg.workload.shape,
+        ramp_up: cfg.workload.ramp_up,
     });
-    let outcome = engine::run_closed_loop(transport, plan, tx, controls).await;
+    let outcome = engine::run(transport, plan, tx, controls).await;
     let stats = aggregator.finish().map_err(|source| BenchError::Output {
         path: cfg.records_out.clone().unwrap_or_default(),
         source,
@@ -141,8 +151,62 @@ async fn measure(
         _ => None,
     };
     let mut report = summary::build(cfg, &stats, &outcome, started_wall, cpu);
+    summary::add_workload(&mut report, cfg, &stats, distinct);
     report.server_metrics = server_metrics;
     Ok(report)
+}
+
+/// Most distinct prompts pre-built for one run; later requests reuse them.
+const MAX_DISTINCT_PROMPTS: usize = 20_000;
+
+/// How many distinct requests the run will likely need (warmup included).
+fn planned_requests(cfg: &BenchConfig) -> usize {
+    let ramp = cfg.workload.ramp_up.as_secs_f64();
+    let n = match (cfg.stop, cfg.workload.shape) {
+        (StopCondition::Requests(n), LoadShape::Open { arrivals, .. }) => {
+            n as f64 + arrivals.rate * ramp
+        }
+        (StopCondition::Requests(n), LoadShape::Closed { .. }) => {
+            n as f64 + 4.0 * f64::from(cfg.concurrency)
+        }
+        (StopCondition::Duration(d), LoadShape::Open { arrivals, .. }) => {
+            arrivals.rate * (d.as_secs_f64() + ramp) * 1.1
+        }
+        (StopCondition::Duration(_), LoadShape::Closed { .. }) => 4096.0,
+    };
+    (n as usize)
+        .saturating_add(cfg.warmup as usize)
+        .clamp(1, MAX_DISTINCT_PROMPTS)
+}
+
+/// Builds every request of the run before any load starts: tokenizes
+/// prompts and datasets, so nothing of it happens while requests are due.
+pub fn build_workload(cfg: &BenchConfig) -> Result<Workload, BenchError> {
+    let w = &cfg.workload;
+    let count = planned_requests(cfg);
+    let output = w.output.unwrap_or(TokenLengths::Fixed {
+        n: cfg.output_tokens,
+    });
+    let Some(spec) = &w.tokenizer else {
+        return Ok(Workload::words(count, cfg.input_tokens, &output, cfg.seed));
+    };
+    let tok = Tokenizer::load(spec).map_err(|e| ConfigError(e.0))?;
+    if let Some(ds) = &w.dataset {
+        let records = crate::engine::dataset::load(ds).map_err(|e| ConfigError(e.0))?;
+        return Ok(workload::from_dataset(
+            &records, &tok, &output, count, cfg.seed,
+        ));
+    }
+    let synth = SyntheticSpec {
+        input: w.input.unwrap_or(TokenLengths::Fixed {
+            n: cfg.input_tokens,
+        }),
+        output,
+        prefix_tokens: w.prefix_tokens,
+        prefix_groups: w.prefix_groups,
+        seed: cfg.seed,
+    };
+    Ok(workload::synthetic(&synth, &tok, count))
 }
 
 /// Serialises the report as pretty JSON.

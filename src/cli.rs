@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::ApiKind;
 use crate::config::{normalize_base_url, parse_header, ApiOptions, BenchConfig, ProgressMode};
+use crate::engine::workload::TokenLengths;
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
 use crate::sim::engine::profile::Profile;
@@ -36,6 +37,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses `argv`, returning clap's error text (first line) on failure.
+    pub fn try_parse_from_checked(
+        argv: Vec<std::ffi::OsString>,
+    ) -> std::result::Result<(), String> {
+        Cli::try_parse_from(argv).map(|_| ()).map_err(|e| {
+            let text = e.to_string();
+            text.lines()
+                .next()
+                .unwrap_or("invalid value")
+                .trim_start_matches("error: ")
+                .to_owned()
+        })
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -51,6 +68,10 @@ pub enum Command {
     History(HistoryArgs),
     /// Identify a server: engine, version, models, health, /metrics, and the --api bench would use.
     Probe(ProbeArgs),
+    /// Run a bench at each of several concurrencies or rates; find the knee and the SLO limit.
+    Sweep(crate::cli_workload::SweepArgs),
+    /// Write a commented example config file for --config.
+    Init(crate::cli_workload::InitArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -176,9 +197,15 @@ pub struct BenchArgs {
     #[arg(long, value_name = "VERSION", help_heading = "Target")]
     pub api_version: Option<String>,
 
-    /// Closed-loop workers: each sends its next request when its previous one ends.
-    #[arg(long, short = 'c', default_value_t = 1, help_heading = "Load")]
-    pub concurrency: u32,
+    /// Closed-loop workers: each sends its next request when its previous one ends (sweep: a list, e.g. 1,2,4).
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "1",
+        value_delimiter = ',',
+        help_heading = "Load"
+    )]
+    pub concurrency: Vec<u32>,
     /// Measured requests to send (after warmup) [default: 100 unless --duration is given].
     #[arg(long, short = 'n', conflicts_with = "duration", help_heading = "Load")]
     pub requests: Option<u64>,
@@ -188,12 +215,12 @@ pub struct BenchArgs {
     /// Requests sent first and excluded from statistics.
     #[arg(long, default_value_t = 8, help_heading = "Load")]
     pub warmup: u64,
-    /// Prompt length in tokens.
-    #[arg(long, default_value_t = 256, help_heading = "Load")]
-    pub input_tokens: u32,
-    /// max_tokens of each request.
-    #[arg(long, default_value_t = 128, help_heading = "Load")]
-    pub output_tokens: u32,
+    /// Prompt length in tokens: 512, 512:128 (normal mean:stddev), uniform:128-1024.
+    #[arg(long, default_value = "256", value_parser = parse_input_tokens, help_heading = "Load")]
+    pub input_tokens: TokenLengths,
+    /// max_tokens of each request: 128, 128:32 (normal), uniform:64-256.
+    #[arg(long, default_value = "128", value_parser = parse_output_tokens, help_heading = "Load")]
+    pub output_tokens: TokenLengths,
     /// Send ignore_eos so vLLM-style servers generate exactly --output-tokens.
     #[arg(long, help_heading = "Load")]
     pub ignore_eos: bool,
@@ -223,6 +250,10 @@ pub struct BenchArgs {
     /// After Ctrl-C, how long in-flight requests may finish.
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Client")]
     pub grace: Duration,
+
+    /// Load shapes, data and SLOs.
+    #[command(flatten)]
+    pub shape: crate::cli_workload::WorkloadArgs,
 }
 
 /// `throtl mock` flags.
@@ -335,12 +366,20 @@ pub struct DemoArgs {
     pub requests: u64,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_input_tokens(s: &str) -> Result<TokenLengths, String> {
+    TokenLengths::parse("--input-tokens", s)
+}
+
+fn parse_output_tokens(s: &str) -> Result<TokenLengths, String> {
+    TokenLengths::parse("--output-tokens", s)
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
 }
 
-fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
+pub(crate) fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
     if quiet {
         ProgressMode::Quiet
     } else if no_tui || !std::io::stderr().is_terminal() {
@@ -359,6 +398,16 @@ impl BenchArgs {
 
     /// Converts flags into a validated config with the resolved protocol.
     pub fn to_config_with(&self, model: String, api: ApiKind) -> Result<BenchConfig> {
+        if self.concurrency.len() != 1 {
+            anyhow::bail!("--concurrency takes one value in bench; to try several, run: throtl sweep --concurrency {}", self.concurrency.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        }
+        let cfg = self.to_config_unchecked(model, api)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Converts flags into a config without validating it (sweep sets the level first).
+    pub fn to_config_unchecked(&self, model: String, api: ApiKind) -> Result<BenchConfig> {
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),
@@ -368,10 +417,10 @@ impl BenchArgs {
             url: normalize_base_url(&self.url)?,
             model,
             api,
-            concurrency: self.concurrency,
+            concurrency: self.concurrency.first().copied().unwrap_or(1),
             stop,
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
+            input_tokens: self.input_tokens.mean(),
+            output_tokens: self.output_tokens.mean().max(1),
             warmup: self.warmup,
             timeout: self.timeout,
             ignore_eos: self.ignore_eos,
@@ -385,9 +434,11 @@ impl BenchArgs {
                 headers: parse_headers(&self.headers)?,
                 api_version: self.api_version.clone(),
             },
+            workload: self
+                .shape
+                .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
         };
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(self.shape.apply_to(cfg))
     }
 }
 
@@ -460,6 +511,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Monitor(args) => monitor::run_monitor(&args),
         Command::History(args) => monitor::run_history(&args),
         Command::Probe(args) => run_probe(&args),
+        Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
+        Command::Init(args) => crate::cli_workload::run_init(&args),
     }
 }
 
@@ -491,31 +544,41 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+pub(crate) fn runtime_for(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    runtime(threads)
+}
+
 fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
     let rt = runtime(args.threads)?;
     rt.block_on(async {
-        let base = normalize_base_url(&args.url)?;
-        let headers = parse_headers(&args.headers)?;
-        let quiet = args.quiet;
-        let (api, probed) = match args.api.kind() {
-            Some(k) => (k, None),
-            None => {
-                let p = crate::probe::probe(&base, &headers).await?;
-                if !quiet {
-                    eprintln!("{}", p.choice_line());
-                }
-                (p.api_kind(), Some(p))
-            }
-        };
-        let model = match (&args.model, probed) {
-            (Some(m), _) => m.clone(),
-            (None, Some(p)) => p.first_model()?,
-            (None, None) => crate::probe::probe(&base, &headers).await?.first_model()?,
-        };
+        let (api, model) = resolve_target(args).await?;
         let cfg = args.to_config_with(model, api)?;
         let report = crate::run_bench_with_interrupt(&cfg).await?;
         finish_report(&report, &cfg)
     })
+}
+
+/// The protocol (`--api auto` probes the server and says what it picked)
+/// and the model (`--model`, else the first one the server lists).
+pub(crate) async fn resolve_target(args: &BenchArgs) -> Result<(ApiKind, String)> {
+    let base = normalize_base_url(&args.url)?;
+    let headers = parse_headers(&args.headers)?;
+    let (api, probed) = match args.api.kind() {
+        Some(k) => (k, None),
+        None => {
+            let p = crate::probe::probe(&base, &headers).await?;
+            if !args.quiet {
+                eprintln!("{}", p.choice_line());
+            }
+            (p.api_kind(), Some(p))
+        }
+    };
+    let model = match (&args.model, probed) {
+        (Some(m), _) => m.clone(),
+        (None, Some(p)) => p.first_model()?,
+        (None, None) => crate::probe::probe(&base, &headers).await?.first_model()?,
+    };
+    Ok((api, model))
 }
 
 fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<ExitCode> {
@@ -531,6 +594,11 @@ fn exit_code(report: &RunReport) -> ExitCode {
         RunStatus::Interrupted => ExitCode::from(130),
         RunStatus::Completed => ExitCode::SUCCESS,
     }
+}
+
+/// Prints to stdout; a closed pipe (e.g. `| head`) is not an error.
+pub(crate) fn print_out(s: &str) {
+    print_stdout(s);
 }
 
 /// Prints to stdout; a closed pipe (e.g. `| head`) is not an error.

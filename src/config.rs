@@ -6,7 +6,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::api::ApiKind;
-use crate::engine::StopCondition;
+use crate::engine::arrival::Arrivals;
+use crate::engine::dataset::DatasetSpec;
+use crate::engine::tokenizer::TokenizerSpec;
+use crate::engine::workload::TokenLengths;
+use crate::engine::{LoadShape, StopCondition};
+use crate::slo::Slo;
 
 /// A configuration mistake, naming the flag and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +72,8 @@ pub struct BenchConfig {
     pub api_key_env: Option<String>,
     /// Extra headers and protocol options.
     pub api_options: ApiOptions,
+    /// Load shape, workload and SLOs beyond the closed-loop basics.
+    pub workload: WorkloadOptions,
 }
 
 /// Extra request headers (`-H`) and protocol options (`--api-version`).
@@ -114,6 +121,92 @@ pub fn parse_header(raw: &str) -> Result<(String, String), ConfigError> {
     Ok((name.to_owned(), value.trim().to_owned()))
 }
 
+/// How load is shaped and what each request asks (issue 4). The default is a
+/// closed loop of word prompts of exactly `input_tokens` words and
+/// `output_tokens` max tokens, as before.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadOptions {
+    /// Closed loop (with optional think time) or open loop.
+    pub shape: LoadShape,
+    /// Ramp-up of users or rate; requests due during it are warmup.
+    #[serde(serialize_with = "ser_duration")]
+    pub ramp_up: Duration,
+    /// Distribution of prompt lengths (default: exactly `input_tokens`).
+    pub input: Option<TokenLengths>,
+    /// Distribution of `max_tokens` (default: exactly `output_tokens`).
+    pub output: Option<TokenLengths>,
+    /// Tokenizer building the prompts; `None` builds word prompts without one.
+    pub tokenizer: Option<TokenizerSpec>,
+    /// Prompts from a file instead of synthetic ones.
+    pub dataset: Option<DatasetSpec>,
+    /// Tokens of a prefix shared within each group (0: none).
+    pub prefix_tokens: u32,
+    /// Number of distinct shared prefixes.
+    pub prefix_groups: u32,
+    /// Objectives judged per request and at `slo_percentile`.
+    pub slos: Vec<Slo>,
+    /// Percentile the SLOs are judged at (e.g. 95).
+    pub slo_percentile: f64,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> Self {
+        Self {
+            shape: LoadShape::Closed { think: None },
+            ramp_up: Duration::ZERO,
+            input: None,
+            output: None,
+            tokenizer: None,
+            dataset: None,
+            prefix_tokens: 0,
+            prefix_groups: 1,
+            slos: Vec::new(),
+            slo_percentile: 95.0,
+        }
+    }
+}
+
+impl WorkloadOptions {
+    /// Checks the load-shape and workload rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let LoadShape::Open {
+            arrivals,
+            max_concurrency,
+        } = &self.shape
+        {
+            Arrivals::new(arrivals).map_err(|e| ConfigError(e.0))?;
+            if *max_concurrency == Some(0) {
+                return Err(ConfigError(
+                    "--max-concurrency must be at least 1 (leave it out for no cap)".into(),
+                ));
+            }
+        }
+        if self.prefix_groups == 0 {
+            return Err(ConfigError("--prefix-groups must be at least 1".into()));
+        }
+        if !(self.slo_percentile > 0.0 && self.slo_percentile <= 100.0) {
+            return Err(ConfigError(format!(
+                "--slo-percentile '{}' must be in (0, 100], e.g. 95",
+                self.slo_percentile
+            )));
+        }
+        if self.dataset.is_some() && self.prefix_tokens > 0 {
+            return Err(ConfigError(
+                "--prefix-tokens works with synthetic prompts only; drop it or --dataset".into(),
+            ));
+        }
+        if self.tokenizer.is_none()
+            && (self.dataset.is_some()
+                || self
+                    .input
+                    .is_some_and(|i| !matches!(i, TokenLengths::Fixed { .. })))
+        {
+            return Err(ConfigError("this workload needs a tokenizer: add --tokenizer cl100k_base (or a tokenizer.json path)".into()));
+        }
+        Ok(())
+    }
+}
+
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
@@ -149,7 +242,7 @@ impl BenchConfig {
         if self.timeout.is_zero() {
             return Err(ConfigError("--timeout must be longer than 0s".into()));
         }
-        Ok(())
+        self.workload.validate()
     }
 }
 

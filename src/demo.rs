@@ -50,6 +50,7 @@ pub async fn run(
         grace: Duration::from_secs(2),
         api_key_env: None,
         api_options: Default::default(),
+        workload: Default::default(),
     };
     let report = crate::run_bench_with_interrupt(&cfg).await?;
     drop(server);

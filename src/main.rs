@@ -5,7 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = throtl::cli::Cli::parse();
+    let argv = match throtl::config_file::expand_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = throtl::cli::Cli::parse_from(argv);
     match throtl::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

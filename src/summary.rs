@@ -1,12 +1,17 @@
 //! Turns final statistics into the [`RunReport`].
 
 use crate::config::BenchConfig;
+use crate::engine::arrival::ArrivalProcess;
+use crate::engine::dataset::DatasetSpec;
 use crate::engine::EngineOutcome;
+use crate::engine::LoadShape;
 use crate::report::{
     ClientChecks, Environment, Latencies, LoadInfo, RequestCounts, RunReport, RunStatus,
     TargetInfo, Throughput, TokenTotals, RUN_SCHEMA,
 };
-use crate::stats::Stats;
+use crate::report::{ScheduleReport, WorkloadReport};
+use crate::slo::{SloObjectiveReport, SloReport};
+use crate::stats::{ArrivalCounts, Stats, LATE_AFTER};
 
 /// Builds the report of a finished (or interrupted) run.
 pub fn build(
@@ -83,9 +88,201 @@ pub fn build(
         warnings: Vec::new(),
         config: serde_json::to_value(cfg).unwrap_or_default(),
         server_metrics: None,
+        schedule: None,
+        workload: None,
+        slo: None,
+        timeseries: Vec::new(),
     };
     report.warnings = warnings(&report);
     report
+}
+
+/// Adds the schedule, workload, SLO and time-series parts (issue 4) and
+/// their warnings to a built report.
+pub fn add_workload(report: &mut RunReport, cfg: &BenchConfig, s: &Stats, distinct_prompts: usize) {
+    let schedule = schedule_report(cfg, s, report.throughput.window_s);
+    report.load.mode = schedule.mode.clone();
+    if schedule.mode != "closed" {
+        // Users with think time or an open loop do not aim at `concurrency` in flight.
+        report
+            .warnings
+            .retain(|w| !w.starts_with("achieved concurrency"));
+    }
+    if schedule.held_by_cap > 0 {
+        // Send lag then mostly measures the wait for a slot, explained by its own warning.
+        report
+            .warnings
+            .retain(|w| !w.starts_with("requests left up to"));
+    }
+    report.schedule = Some(schedule);
+    report.workload = Some(workload_report(cfg, s, distinct_prompts));
+    report.slo = slo_report(cfg, s, report.throughput.window_s);
+    report.timeseries = s.series.points();
+    let extra = workload_warnings(report);
+    report.warnings.extend(extra);
+}
+
+fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport {
+    let a = &s.arrivals;
+    let finished = s.ok + s.failed();
+    let mut r = ScheduleReport {
+        mode: "closed".into(),
+        arrival: None,
+        target_rate_per_s: None,
+        burstiness_cv: None,
+        max_concurrency: None,
+        ramp_up_s: cfg.workload.ramp_up.as_secs_f64(),
+        think_time_s: None,
+        arrivals: a.total(),
+        offered_rate_per_s: ArrivalCounts::rate(a.total(), a.scheduled_span),
+        sent_rate_per_s: ArrivalCounts::rate(a.total(), a.sent_span),
+        completed_rate_per_s: if window > 0.0 {
+            finished as f64 / window
+        } else {
+            0.0
+        },
+        on_time: a.on_time,
+        late: a.late,
+        held_by_cap: a.held,
+        late_after_ms: LATE_AFTER.as_secs_f64() * 1000.0,
+    };
+    match cfg.workload.shape {
+        LoadShape::Closed { think: Some(t) } => {
+            r.mode = "users".into();
+            r.think_time_s = Some(t.mean.as_secs_f64());
+        }
+        LoadShape::Closed { think: None } => {}
+        LoadShape::Open {
+            arrivals,
+            max_concurrency,
+        } => {
+            r.mode = "open".into();
+            r.target_rate_per_s = Some(arrivals.rate);
+            r.max_concurrency = max_concurrency;
+            let (name, cv) = match arrivals.process {
+                ArrivalProcess::Constant => ("constant", None),
+                ArrivalProcess::Poisson => ("poisson", None),
+                ArrivalProcess::Gamma { cv } => ("gamma", Some(cv)),
+            };
+            r.arrival = Some(name.into());
+            r.burstiness_cv = cv;
+        }
+    }
+    r
+}
+
+fn workload_report(cfg: &BenchConfig, s: &Stats, distinct_prompts: usize) -> WorkloadReport {
+    let c = &s.input_check;
+    WorkloadReport {
+        tokenizer: cfg.workload.tokenizer.as_ref().map(|t| t.name()),
+        source: match &cfg.workload.dataset {
+            None => "synthetic".into(),
+            Some(DatasetSpec::Jsonl(p)) => format!("jsonl:{}", p.display()),
+            Some(DatasetSpec::Sharegpt(p)) => format!("sharegpt:{}", p.display()),
+        },
+        distinct_prompts,
+        input_tokens_compared: c.compared,
+        input_tokens_local: c.local,
+        input_tokens_server: c.server,
+        input_tokens_difference_pct: c.relative_difference().map(|d| d * 100.0),
+    }
+}
+
+fn slo_report(cfg: &BenchConfig, s: &Stats, window: f64) -> Option<SloReport> {
+    let slos = &cfg.workload.slos;
+    if slos.is_empty() {
+        return None;
+    }
+    let q = cfg.workload.slo_percentile / 100.0;
+    let objectives: Vec<SloObjectiveReport> = slos
+        .iter()
+        .map(|o| {
+            let h = match o.metric {
+                crate::slo::SloMetric::Ttft => &s.ttft,
+                crate::slo::SloMetric::Tpot => &s.tpot,
+                crate::slo::SloMetric::Itl => &s.itl,
+                crate::slo::SloMetric::E2e => &s.e2e,
+            };
+            let observed_ms = if h.count() == 0 {
+                f64::INFINITY
+            } else {
+                h.inner().value_at_quantile(q) as f64 / 1000.0
+            };
+            let threshold_ms = o.threshold.as_secs_f64() * 1000.0;
+            SloObjectiveReport {
+                metric: o.metric,
+                threshold_ms,
+                observed_ms,
+                met: observed_ms <= threshold_ms,
+            }
+        })
+        .collect();
+    let total = s.ok + s.failed();
+    Some(SloReport {
+        percentile: cfg.workload.slo_percentile,
+        met: objectives.iter().all(|o| o.met) && s.ok > 0,
+        objectives,
+        good_requests: s.good,
+        attainment: if total > 0 {
+            s.good as f64 / total as f64
+        } else {
+            0.0
+        },
+        goodput_requests_per_s: if window > 0.0 {
+            s.good as f64 / window
+        } else {
+            0.0
+        },
+    })
+}
+
+/// Warnings about the schedule and workload, each naming what to change.
+fn workload_warnings(r: &RunReport) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(s) = &r.schedule {
+        schedule_warnings(s, &mut w);
+    }
+    if let Some(wl) = &r.workload {
+        if let Some(d) = wl.input_tokens_difference_pct.filter(|d| d.abs() > 5.0) {
+            w.push(format!(
+                "the server counted {d:+.1}% prompt tokens vs. the local tokenizer ({} vs {}): pass the model's own tokenizer.json with --tokenizer (chat templates also add tokens; --api openai-completions avoids them)",
+                wl.input_tokens_server, wl.input_tokens_local
+            ));
+        }
+        let used = r.requests.total + r.requests.cancelled + r.load.warmup_requests;
+        if used > wl.distinct_prompts as u64 {
+            w.push(format!(
+                "{used} requests reused {} distinct prompts: repeated prompts can hit the server's prefix cache. Use --requests instead of --duration, or a larger dataset",
+                wl.distinct_prompts
+            ));
+        }
+    }
+    w
+}
+
+fn schedule_warnings(s: &ScheduleReport, w: &mut Vec<String>) {
+    if s.mode != "open" || s.arrivals == 0 {
+        return;
+    }
+    let n = s.arrivals as f64;
+    if s.late as f64 / n > 0.01 {
+        w.push(format!(
+            "{} of {} arrivals ({:.1}%) left more than {} ms late: the client could not keep the schedule, so latencies include its lag. Lower --rate, raise --threads, or run the client on a bigger machine",
+            s.late, s.arrivals, 100.0 * s.late as f64 / n, s.late_after_ms
+        ));
+    }
+    if s.held_by_cap > 0 {
+        w.push(format!(
+            "{} of {} arrivals waited for a --max-concurrency slot: the server is slower than the offered rate, and their wait is included in their latency. Raise --max-concurrency or lower --rate",
+            s.held_by_cap, s.arrivals
+        ));
+    }
+    if s.offered_rate_per_s > 0.0 && s.completed_rate_per_s < 0.9 * s.offered_rate_per_s {
+        w.push(format!(
+            "achieved {:.2} req/s of the {:.2} req/s offered: the server (or the cap) could not keep up with the offered load",
+            s.completed_rate_per_s, s.offered_rate_per_s
+        ));
+    }
 }
 
 fn token_source(s: &Stats) -> &'static str {

@@ -42,6 +42,7 @@ fn config(url: String, api: ApiKind, model: &str) -> BenchConfig {
         grace: Duration::from_secs(1),
         api_key_env: None,
         api_options: ApiOptions::default(),
+        workload: Default::default(),
     }
 }
 

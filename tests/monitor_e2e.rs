@@ -46,6 +46,7 @@ fn bench_config(url: String) -> BenchConfig {
         grace: Duration::from_secs(2),
         api_key_env: None,
         api_options: Default::default(),
+        workload: Default::default(),
     }
 }
 

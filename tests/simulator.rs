@@ -32,6 +32,7 @@ fn bench_cfg(url: String, concurrency: u32, requests: u64, input: u32, output: u
         grace: Duration::from_secs(1),
         api_key_env: None,
         api_options: Default::default(),
+        workload: Default::default(),
     }
 }
 

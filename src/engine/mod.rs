@@ -1,10 +1,17 @@
 //! The load engine: issues requests, measures them, emits one record each.
 //!
-//! The engine knows nothing about terminals or reports: it sends
-//! [`record::RequestRecord`]s down a channel to the aggregator.
+//! A run is a *schedule* (when each request is due: [`LoadShape`]) composed
+//! with a *stop condition* ([`StopCondition`]) and a *workload* (what each
+//! request asks). The engine knows nothing about terminals or reports: it
+//! sends [`record::RequestRecord`]s down a channel to the aggregator.
 
+pub mod arrival;
+mod closed_loop;
+pub mod dataset;
+mod open_loop;
 pub mod record;
 pub mod request;
+pub mod tokenizer;
 pub mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,26 +19,62 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::GenRequest;
+use arrival::ArrivalConfig;
 use record::RequestRecord;
 use request::{execute, Transport};
-use workload::PromptSource;
+use workload::Workload;
+
+pub use closed_loop::run_closed_loop;
+pub use open_loop::run_open_loop;
 
 /// When the measured phase ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopCondition {
     /// After this many measured requests have been issued.
     Requests(u64),
-    /// No new request is issued this long after the first measured one.
+    /// No new request is issued (open loop: scheduled) this long after the first measured one.
     Duration(Duration),
+}
+
+/// Pause of a user between the end of one request and the next, drawn
+/// uniformly from `mean ± jitter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ThinkTime {
+    /// Mean pause.
+    #[serde(serialize_with = "ser_secs")]
+    pub mean: Duration,
+    /// Half-width of the uniform jitter around the mean.
+    #[serde(serialize_with = "ser_secs")]
+    pub jitter: Duration,
+}
+
+/// When requests are due.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum LoadShape {
+    /// `concurrency` users; each sends its next request when its previous one
+    /// ends plus an optional think time (none: a classic closed loop).
+    Closed {
+        /// Pause between a user's requests.
+        think: Option<ThinkTime>,
+    },
+    /// Requests arrive on a schedule regardless of how fast the server answers.
+    Open {
+        /// The arrival process.
+        arrivals: ArrivalConfig,
+        /// At most this many requests in flight; later arrivals wait (and are counted as held).
+        max_concurrency: Option<u32>,
+    },
 }
 
 /// What load to apply.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
-    /// Closed-loop workers.
+    /// Closed-loop workers (users). Ignored by the open loop.
     pub concurrency: u32,
     /// End of the measured phase.
     pub stop: StopCondition,
@@ -39,12 +82,14 @@ pub struct LoadPlan {
     pub warmup: u64,
     /// Model name sent with each request.
     pub model: String,
-    /// `max_tokens` of each request.
-    pub max_tokens: u32,
     /// Send `ignore_eos`.
     pub ignore_eos: bool,
-    /// Prompt generator.
-    pub prompts: PromptSource,
+    /// Pre-built requests.
+    pub workload: Workload,
+    /// Schedule.
+    pub shape: LoadShape,
+    /// Load ramps up over this long; requests due during the ramp count as warmup.
+    pub ramp_up: Duration,
 }
 
 /// Signals that end a run early: `soft` stops issuing; `hard` cancels in-flight requests.
@@ -72,34 +117,50 @@ pub struct EngineOutcome {
 /// Hands out request sequence numbers and decides when to stop.
 struct Issuer {
     next: AtomicU64,
+    measured: AtomicU64,
     plan: Arc<LoadPlan>,
     measure_start: OnceLock<Instant>,
     soft: CancellationToken,
+    ramp_end: Instant,
 }
 
 impl Issuer {
-    /// The next request to issue as (seq, is_warmup), or `None` to stop.
-    fn next(&self) -> Option<(u64, bool)> {
+    fn new(plan: Arc<LoadPlan>, soft: CancellationToken, started: Instant) -> Self {
+        let ramp_end = started + plan.ramp_up;
+        Self {
+            next: AtomicU64::new(0),
+            measured: AtomicU64::new(0),
+            plan,
+            measure_start: OnceLock::new(),
+            soft,
+            ramp_end,
+        }
+    }
+
+    /// The request due at `due` as (seq, is_warmup), or `None` to stop.
+    /// Requests due before the ramp-up ends are warmup too.
+    fn next(&self, due: Instant) -> Option<(u64, bool)> {
         if self.soft.is_cancelled() {
             return None;
         }
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let warmup = seq < self.plan.warmup;
-        if warmup {
+        if seq < self.plan.warmup || due < self.ramp_end {
             return Some((seq, true));
         }
-        match self.plan.stop {
-            StopCondition::Requests(k) => (seq < self.plan.warmup + k).then_some((seq, false)),
+        let go = match self.plan.stop {
+            StopCondition::Requests(k) => self.measured.fetch_add(1, Ordering::Relaxed) < k,
             StopCondition::Duration(d) => {
-                let start = *self.measure_start.get_or_init(Instant::now);
-                (start.elapsed() < d).then_some((seq, false))
+                let start = *self.measure_start.get_or_init(|| due);
+                due.saturating_duration_since(start) < d
             }
-        }
+        };
+        go.then_some((seq, false))
     }
 }
 
+/// Requests in flight right now and the peak.
 #[derive(Default)]
-struct InFlight {
+pub(crate) struct InFlight {
     now: AtomicU64,
     peak: AtomicU64,
 }
@@ -114,66 +175,60 @@ impl InFlight {
     }
 }
 
-/// Runs `plan` as a closed loop: each of `concurrency` workers sends its next
-/// request as soon as its previous one ends. Returns when all workers stop.
-pub async fn run_closed_loop(
+/// Everything one request needs besides its own numbers; shared by all shapes.
+#[derive(Clone)]
+struct Dispatch {
+    transport: Arc<Transport>,
+    plan: Arc<LoadPlan>,
+    sink: Sender<RequestRecord>,
+    hard: CancellationToken,
+    in_flight: Arc<InFlight>,
+}
+
+impl Dispatch {
+    /// Sends request `seq` (due at `scheduled`), measures it and emits its
+    /// record. Returns false when the aggregator is gone.
+    async fn run_one(&self, seq: u64, warmup: bool, scheduled: Instant, held: bool) -> bool {
+        let item = self.plan.workload.item(seq);
+        let req = GenRequest {
+            model: self.plan.model.clone(),
+            prompt: item.prompt.clone(),
+            max_tokens: item.max_tokens,
+            ignore_eos: self.plan.ignore_eos,
+        };
+        let mut rec = RequestRecord::new(seq, warmup, scheduled, item.max_tokens as usize + 1);
+        rec.held_by_cap = held;
+        rec.local_input_tokens = item.input_tokens;
+        self.in_flight.enter();
+        execute(&self.transport, &req, &mut rec, &self.hard).await;
+        self.in_flight.leave();
+        self.sink.send(rec).is_ok()
+    }
+
+    fn outcome(&self, started: Instant, soft: &CancellationToken) -> EngineOutcome {
+        EngineOutcome {
+            started,
+            ended: Instant::now(),
+            peak_in_flight: self.in_flight.peak.load(Ordering::Relaxed),
+            interrupted: soft.is_cancelled(),
+        }
+    }
+}
+
+/// Runs `plan` with its load shape until its stop condition.
+pub async fn run(
     transport: Arc<Transport>,
     plan: Arc<LoadPlan>,
     sink: Sender<RequestRecord>,
     controls: Controls,
 ) -> EngineOutcome {
-    let issuer = Arc::new(Issuer {
-        next: AtomicU64::new(0),
-        plan: Arc::clone(&plan),
-        measure_start: OnceLock::new(),
-        soft: controls.soft.clone(),
-    });
-    let in_flight = Arc::new(InFlight::default());
-    let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..plan.concurrency {
-        workers.spawn(worker(
-            Arc::clone(&transport),
-            Arc::clone(&issuer),
-            sink.clone(),
-            controls.hard.clone(),
-            Arc::clone(&in_flight),
-        ));
-    }
-    drop(sink);
-    while workers.join_next().await.is_some() {}
-    EngineOutcome {
-        started,
-        ended: Instant::now(),
-        peak_in_flight: in_flight.peak.load(Ordering::Relaxed),
-        interrupted: controls.soft.is_cancelled(),
+    match plan.shape {
+        LoadShape::Closed { .. } => run_closed_loop(transport, plan, sink, controls).await,
+        LoadShape::Open { .. } => run_open_loop(transport, plan, sink, controls).await,
     }
 }
 
-async fn worker(
-    transport: Arc<Transport>,
-    issuer: Arc<Issuer>,
-    sink: Sender<RequestRecord>,
-    hard: CancellationToken,
-    in_flight: Arc<InFlight>,
-) {
-    let plan = &issuer.plan;
-    while let Some((seq, warmup)) = issuer.next() {
-        let req = GenRequest {
-            model: plan.model.clone(),
-            prompt: plan.prompts.prompt(seq),
-            max_tokens: plan.max_tokens,
-            ignore_eos: plan.ignore_eos,
-        };
-        // A closed loop has no timetable: a request is due once it is built,
-        // so the client's own preparation time is never charged to the server.
-        let scheduled = Instant::now();
-        let mut rec = RequestRecord::new(seq, warmup, scheduled, plan.max_tokens as usize + 1);
-        in_flight.enter();
-        execute(&transport, &req, &mut rec, &hard).await;
-        in_flight.leave();
-        if sink.send(rec).is_err() {
-            return;
-        }
-    }
+/// Serialises a duration as seconds.
+pub(crate) fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }

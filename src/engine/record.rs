@@ -84,6 +84,10 @@ pub struct RequestRecord {
     pub messages: u32,
     /// Timings the server reported about its own work (Ollama, llama.cpp).
     pub server: Option<ServerTimings>,
+    /// Open loop: the arrival found every `--max-concurrency` slot busy and waited.
+    pub held_by_cap: bool,
+    /// Prompt tokens as counted by the local tokenizer, when one built the prompt.
+    pub local_input_tokens: Option<u32>,
 }
 
 impl RequestRecord {
@@ -103,6 +107,8 @@ impl RequestRecord {
             usage: Usage::default(),
             messages: 0,
             server: None,
+            held_by_cap: false,
+            local_input_tokens: None,
         }
     }
 

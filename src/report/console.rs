@@ -18,14 +18,7 @@ pub fn render(r: &RunReport) -> String {
         "  target      {} ({}, model '{}')",
         r.target.url, r.target.api, r.target.model
     );
-    let _ = writeln!(
-        s,
-        "  load        closed loop, concurrency {} (achieved {:.1}, peak {}), {} warmup excluded",
-        r.load.concurrency,
-        r.load.achieved_concurrency,
-        r.load.peak_in_flight,
-        r.load.warmup_requests
-    );
+    load_lines(&mut s, r);
     let _ = writeln!(
         s,
         "  requests    {} ok, {} failed, {} cancelled over {:.2} s",
@@ -57,6 +50,7 @@ pub fn render(r: &RunReport) -> String {
         server_line(&mut s, sm);
     }
     server_speed_line(&mut s, r);
+    slo_line(&mut s, r);
     let _ = writeln!(s);
     latency_table(&mut s, r);
     for w in &r.warnings {
@@ -77,6 +71,73 @@ fn server_line(s: &mut String, sm: &crate::scrape::recorder::ServerMetrics) {
         n(sm.totals.prompt_tokens),
         n(sm.totals.generation_tokens),
         sm.scrapes
+    );
+}
+
+fn load_lines(s: &mut String, r: &RunReport) {
+    let l = &r.load;
+    match r.schedule.as_ref() {
+        Some(sc) if sc.mode == "open" => {
+            let cap = sc
+                .max_concurrency
+                .map_or(String::new(), |c| format!(", cap {c}"));
+            let _ = writeln!(
+                s,
+                "  load        open loop, {} arrivals at {} req/s{cap} (peak {} in flight), {} warmup excluded",
+                sc.arrival.as_deref().unwrap_or("?"),
+                sc.target_rate_per_s.unwrap_or(0.0),
+                l.peak_in_flight,
+                l.warmup_requests
+            );
+            let _ = writeln!(
+                s,
+                "  schedule    offered {:.2} req/s, sent {:.2}, completed {:.2}; {} on time, {} late (>{} ms), {} held by the cap",
+                sc.offered_rate_per_s, sc.sent_rate_per_s, sc.completed_rate_per_s, sc.on_time, sc.late, sc.late_after_ms, sc.held_by_cap
+            );
+        }
+        Some(sc) if sc.mode == "users" => {
+            let _ = writeln!(
+                s,
+                "  load        {} users, think time {:.2} s (achieved {:.1} in flight, peak {}), {} warmup excluded",
+                l.concurrency,
+                sc.think_time_s.unwrap_or(0.0),
+                l.achieved_concurrency,
+                l.peak_in_flight,
+                l.warmup_requests
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                s,
+                "  load        closed loop, concurrency {} (achieved {:.1}, peak {}), {} warmup excluded",
+                l.concurrency, l.achieved_concurrency, l.peak_in_flight, l.warmup_requests
+            );
+        }
+    }
+}
+
+fn slo_line(s: &mut String, r: &RunReport) {
+    let Some(slo) = &r.slo else { return };
+    let parts: Vec<String> = slo
+        .objectives
+        .iter()
+        .map(|o| {
+            format!(
+                "{:?} p{} {:.1} ms ≤ {:.0} ms {}",
+                o.metric,
+                slo.percentile,
+                o.observed_ms,
+                o.threshold_ms,
+                if o.met { "ok" } else { "MISSED" }
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "  slo         {}; goodput {:.2} req/s ({:.1}% of requests good)",
+        parts.join(", "),
+        slo.goodput_requests_per_s,
+        slo.attainment * 100.0
     );
 }
 

@@ -66,6 +66,73 @@ pub struct RunReport {
     /// The target's own `/metrics` scraped during the run (absent when it has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_metrics: Option<crate::scrape::recorder::ServerMetrics>,
+    /// When requests were due and how they left (issue 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleReport>,
+    /// What the requests asked (issue 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadReport>,
+    /// SLO outcome and goodput, with `--slo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<crate::slo::SloReport>,
+    /// One point per second of the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeseries: Vec<crate::stats::series::SeriesPoint>,
+}
+
+/// The schedule of a run: offered vs. achieved rates and how every measured
+/// arrival left (never dropped: on time, late, or held by the cap).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleReport {
+    /// `closed`, `users` (closed with think time) or `open`.
+    pub mode: String,
+    /// Open loop: the configured arrival process (`constant`, `poisson`, `gamma`).
+    pub arrival: Option<String>,
+    /// Open loop: the configured rate (requests/s).
+    pub target_rate_per_s: Option<f64>,
+    /// Gamma CV of the gaps, when gamma.
+    pub burstiness_cv: Option<f64>,
+    /// Open loop: the in-flight cap.
+    pub max_concurrency: Option<u32>,
+    /// Ramp-up length (s).
+    pub ramp_up_s: f64,
+    /// Users: mean think time (s).
+    pub think_time_s: Option<f64>,
+    /// Measured arrivals (requests due after warmup and ramp-up).
+    pub arrivals: u64,
+    /// Offered rate: (arrivals − 1) / span of their scheduled times.
+    pub offered_rate_per_s: f64,
+    /// Achieved send rate: (arrivals − 1) / span of their actual send times.
+    pub sent_rate_per_s: f64,
+    /// Achieved completion rate: finished (ok + failed) measured requests per second of the window.
+    pub completed_rate_per_s: f64,
+    /// Sent within `late_after_ms` of their scheduled time.
+    pub on_time: u64,
+    /// Sent later than that without a cap holding them (the client lagged).
+    pub late: u64,
+    /// Waited for a `--max-concurrency` slot.
+    pub held_by_cap: u64,
+    /// Lateness threshold (ms).
+    pub late_after_ms: f64,
+}
+
+/// What the requests asked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkloadReport {
+    /// Tokenizer that built and counted prompts (`null`: word prompts).
+    pub tokenizer: Option<String>,
+    /// `synthetic`, `jsonl:PATH` or `sharegpt:PATH`.
+    pub source: String,
+    /// Distinct pre-built requests; later requests reuse them in order.
+    pub distinct_prompts: usize,
+    /// Requests (successful) that had both a local and a server prompt count.
+    pub input_tokens_compared: u64,
+    /// Their prompt tokens counted locally.
+    pub input_tokens_local: u64,
+    /// Their prompt tokens as reported by the server.
+    pub input_tokens_server: u64,
+    /// (server − local) / local × 100, when compared.
+    pub input_tokens_difference_pct: Option<f64>,
 }
 
 /// The target server.

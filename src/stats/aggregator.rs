@@ -156,13 +156,31 @@ impl Aggregator {
     pub fn start(
         rx: Receiver<RequestRecord>,
         requested_input_tokens: u32,
+        records: Option<RecordsOut>,
+        snapshots: watch::Sender<Arc<Snapshot>>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(
+            rx,
+            requested_input_tokens,
+            records,
+            snapshots,
+            Stats::default(),
+        )
+    }
+
+    /// Like [`Aggregator::start`], folding records into `initial` (which may
+    /// carry a time-series origin and SLOs).
+    pub fn start_with(
+        rx: Receiver<RequestRecord>,
+        requested_input_tokens: u32,
         mut records: Option<RecordsOut>,
         snapshots: watch::Sender<Arc<Snapshot>>,
+        initial: Stats,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("throtl-aggregator".into())
             .spawn(move || {
-                let mut stats = Stats::default();
+                let mut stats = initial;
                 let mut rolling = Rolling::new();
                 let mut last = Instant::now();
                 loop {

@@ -3,9 +3,11 @@
 pub mod aggregator;
 mod histogram;
 pub mod server;
+pub mod series;
 
 pub use aggregator::{Aggregator, Snapshot};
 pub use histogram::{Distribution, LatencyHistogram};
+pub use series::TimeSeries;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -56,6 +58,114 @@ pub struct Stats {
     pub messages: u64,
     /// Timings reported by the server itself (successful measured requests).
     pub server: server::ServerStats,
+    /// How every measured arrival left: on time, late, or held by the cap.
+    pub arrivals: ArrivalCounts,
+    /// Prompt tokens counted locally vs. by the server.
+    pub input_check: InputTokenCheck,
+    /// Per-second time series (empty unless an origin was given).
+    pub series: TimeSeries,
+    /// Objectives each request is judged against (`--slo`).
+    pub slos: Vec<crate::slo::Slo>,
+    /// Successful measured requests meeting every objective.
+    pub good: u64,
+}
+
+/// A request is late when it left more than this after it was due.
+pub const LATE_AFTER: Duration = Duration::from_millis(5);
+
+/// How measured requests left relative to their schedule (cancelled ones included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArrivalCounts {
+    /// Sent within [`LATE_AFTER`] of the scheduled time.
+    pub on_time: u64,
+    /// Sent later than that without waiting for a concurrency slot (client lag).
+    pub late: u64,
+    /// Waited for a `--max-concurrency` slot.
+    pub held: u64,
+    /// Earliest and latest scheduled instants.
+    pub scheduled_span: Option<(Instant, Instant)>,
+    /// Earliest and latest actual send instants.
+    pub sent_span: Option<(Instant, Instant)>,
+}
+
+impl ArrivalCounts {
+    fn ingest(&mut self, r: &RequestRecord) {
+        if r.held_by_cap {
+            self.held += 1;
+        } else if r.send_lag() > LATE_AFTER {
+            self.late += 1;
+        } else {
+            self.on_time += 1;
+        }
+        self.scheduled_span = Some(widen(self.scheduled_span, r.scheduled, r.scheduled));
+        self.sent_span = Some(widen(self.sent_span, r.sent, r.sent));
+    }
+
+    fn merge(&mut self, o: &ArrivalCounts) {
+        self.on_time += o.on_time;
+        self.late += o.late;
+        self.held += o.held;
+        if let Some((a, b)) = o.scheduled_span {
+            self.scheduled_span = Some(widen(self.scheduled_span, a, b));
+        }
+        if let Some((a, b)) = o.sent_span {
+            self.sent_span = Some(widen(self.sent_span, a, b));
+        }
+    }
+
+    /// All measured arrivals.
+    pub fn total(&self) -> u64 {
+        self.on_time + self.late + self.held
+    }
+
+    /// Arrivals per second over a span: (n − 1) / (last − first).
+    pub fn rate(n: u64, span: Option<(Instant, Instant)>) -> f64 {
+        match span {
+            Some((a, b)) if b > a && n > 1 => (n - 1) as f64 / (b - a).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+fn widen(span: Option<(Instant, Instant)>, lo: Instant, hi: Instant) -> (Instant, Instant) {
+    match span {
+        Some((a, b)) => (a.min(lo), b.max(hi)),
+        None => (lo, hi),
+    }
+}
+
+/// Prompt tokens of successful requests where both the local tokenizer and
+/// the server gave a count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InputTokenCheck {
+    /// Requests with both counts.
+    pub compared: u64,
+    /// Their prompt tokens counted locally.
+    pub local: u64,
+    /// Their prompt tokens as the server reported.
+    pub server: u64,
+}
+
+impl InputTokenCheck {
+    fn ingest(&mut self, r: &RequestRecord) {
+        if let (Some(l), Some(s)) = (r.local_input_tokens, r.usage.input_tokens) {
+            self.compared += 1;
+            self.local += u64::from(l);
+            self.server += u64::from(s);
+        }
+    }
+
+    fn merge(&mut self, o: &InputTokenCheck) {
+        self.compared += o.compared;
+        self.local += o.local;
+        self.server += o.server;
+    }
+
+    /// (server − local) / local, when anything was compared.
+    pub fn relative_difference(&self) -> Option<f64> {
+        (self.compared > 0 && self.local > 0)
+            .then(|| (self.server as f64 - self.local as f64) / self.local as f64)
+    }
 }
 
 impl Default for Stats {
@@ -81,6 +191,11 @@ impl Default for Stats {
             window_end: None,
             messages: 0,
             server: server::ServerStats::default(),
+            arrivals: ArrivalCounts::default(),
+            input_check: InputTokenCheck::default(),
+            series: TimeSeries::default(),
+            slos: Vec::new(),
+            good: 0,
         }
     }
 }
@@ -101,6 +216,10 @@ impl Stats {
 
     /// Adds one request's record. Warmup records only count as warmup.
     pub fn ingest(&mut self, r: &RequestRecord, requested_input_tokens: u32) {
+        self.series.ingest(r);
+        if !r.warmup {
+            self.arrivals.ingest(r);
+        }
         if r.warmup {
             self.warmup += 1;
             return;
@@ -139,6 +258,10 @@ impl Stats {
 
     fn ingest_ok(&mut self, r: &RequestRecord, requested_input_tokens: u32) {
         self.ok += 1;
+        self.input_check.ingest(r);
+        if !self.slos.is_empty() && crate::slo::is_good(&self.slos, r) {
+            self.good += 1;
+        }
         let e2e = r.e2e();
         self.e2e.record(e2e);
         if let Some(t) = r.ttft() {
@@ -159,7 +282,8 @@ impl Stats {
         if let Some(t) = &r.server {
             self.server.ingest(t);
         }
-        self.input_tokens += u64::from(r.usage.input_tokens.unwrap_or(requested_input_tokens));
+        let local_or_requested = r.local_input_tokens.unwrap_or(requested_input_tokens);
+        self.input_tokens += u64::from(r.usage.input_tokens.unwrap_or(local_or_requested));
         if e2e > Duration::ZERO && out > 0 {
             let rate = out as f64 / e2e.as_secs_f64();
             self.output_rate_milli.record_value((rate * 1000.0) as u64);
@@ -187,6 +311,7 @@ impl Stats {
                 .or_insert_with(|| v.clone());
         }
         self.ok += o.ok;
+        self.good += o.good;
         self.cancelled += o.cancelled;
         self.warmup += o.warmup;
         self.input_tokens += o.input_tokens;
@@ -196,6 +321,9 @@ impl Stats {
         self.busy += o.busy;
         self.messages += o.messages;
         self.server.merge(&o.server);
+        self.arrivals.merge(&o.arrivals);
+        self.input_check.merge(&o.input_check);
+        self.series.merge(&o.series);
         self.window_start = min_opt(self.window_start, o.window_start);
         self.window_end = max_opt(self.window_end, o.window_end);
     }

@@ -1,0 +1,108 @@
+//! Open loop: requests are due on an arrival schedule, whatever the server's
+//! speed. Every request keeps its *scheduled* instant, and all its latencies
+//! are measured from it, so a slow server (or a saturated client) shows up as
+//! latency instead of silently lowering the offered load (no coordinated
+//! omission). With `--max-concurrency`, an arrival that finds every slot busy
+//! waits for one — it is never dropped — and its record says it was held.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::arrival::Arrivals;
+use super::record::RequestRecord;
+use super::request::Transport;
+use super::{Controls, Dispatch, EngineOutcome, InFlight, Issuer, LoadPlan, LoadShape};
+
+/// Runs `plan` as an open loop. Returns when the schedule has ended and every
+/// request sent has finished.
+pub async fn run_open_loop(
+    transport: Arc<Transport>,
+    plan: Arc<LoadPlan>,
+    sink: Sender<RequestRecord>,
+    controls: Controls,
+) -> EngineOutcome {
+    let started = Instant::now();
+    let d = Dispatch {
+        transport,
+        plan: Arc::clone(&plan),
+        sink,
+        hard: controls.hard.clone(),
+        in_flight: Arc::new(InFlight::default()),
+    };
+    let LoadShape::Open {
+        arrivals,
+        max_concurrency,
+    } = plan.shape
+    else {
+        return d.outcome(started, &controls.soft);
+    };
+    // The config was validated, so this only fails on a programming error.
+    let Ok(mut schedule) = Arrivals::new(&arrivals) else {
+        return d.outcome(started, &controls.soft);
+    };
+    let issuer = Issuer::new(Arc::clone(&plan), controls.soft.clone(), started);
+    let cap = max_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1) as usize)));
+    let mut tasks = JoinSet::new();
+    // Until when the dispatcher was last blocked waiting for a slot: an
+    // arrival due before then queued behind the cap too, even if a slot is
+    // free by the time the dispatcher reaches it.
+    let mut cap_blocked_until: Option<Instant> = None;
+    loop {
+        let due = started + schedule.next_offset();
+        if !wait_until(due, &controls.soft).await {
+            break;
+        }
+        let Some((seq, warmup)) = issuer.next(due) else {
+            break;
+        };
+        let Some((permit, waited)) = take_slot(cap.as_ref(), &controls.soft).await else {
+            break;
+        };
+        let held = waited || cap_blocked_until.is_some_and(|t| due < t);
+        if waited {
+            cap_blocked_until = Some(Instant::now());
+        }
+        let d = d.clone();
+        tasks.spawn(async move {
+            d.run_one(seq, warmup, due, held).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    d.outcome(started, &controls.soft)
+}
+
+/// Sleeps until `due` unless it has passed; false when the run was stopped.
+async fn wait_until(due: Instant, soft: &CancellationToken) -> bool {
+    if due > Instant::now() {
+        tokio::select! {
+            () = tokio::time::sleep_until(due.into()) => {}
+            () = soft.cancelled() => return false,
+        }
+    }
+    !soft.is_cancelled()
+}
+
+/// A concurrency slot (none without a cap) and whether the arrival had to
+/// wait for it; `None` when the run was stopped while waiting.
+async fn take_slot(
+    cap: Option<&Arc<Semaphore>>,
+    soft: &CancellationToken,
+) -> Option<(Option<OwnedSemaphorePermit>, bool)> {
+    let Some(sem) = cap else {
+        return Some((None, false));
+    };
+    if let Ok(p) = Arc::clone(sem).try_acquire_owned() {
+        return Some((Some(p), false));
+    }
+    tokio::select! {
+        p = Arc::clone(sem).acquire_owned() => p.ok().map(|p| (Some(p), true)),
+        () = soft.cancelled() => None,
+    }
+}
