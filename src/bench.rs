@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use tokio::sync::watch;
 
 use crate::config::{BenchConfig, ConfigError};
@@ -80,9 +80,8 @@ impl Outputs {
 pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
     cfg.validate()?;
     let mut outputs = Outputs::open(cfg)?;
-    let client = build_client()?;
-    preflight(&client, &cfg.url).await?;
-    let transport = Arc::new(build_transport(cfg, client)?);
+    preflight(&build_client()?, &cfg.url).await?;
+    let transport = Arc::new(build_transport(cfg)?);
     let report = measure(cfg, transport, controls, outputs.records.take()).await?;
     if let Some((path, file)) = outputs.json.take() {
         write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
@@ -153,8 +152,8 @@ pub fn write_json(report: &RunReport, file: File) -> std::io::Result<()> {
     w.flush()
 }
 
-/// The HTTP client: one pool for the run, no proxy (a proxy would distort
-/// every timing), Nagle off so small requests leave at once.
+/// A client for one-off control requests (preflight, model discovery); the
+/// measured requests use [`crate::engine::request::build_http_client`].
 pub fn build_client() -> Result<reqwest::Client, BenchError> {
     reqwest::Client::builder()
         .no_proxy()
@@ -183,7 +182,7 @@ async fn preflight(client: &reqwest::Client, url: &str) -> Result<(), BenchError
     }
 }
 
-fn build_transport(cfg: &BenchConfig, client: reqwest::Client) -> Result<Transport, BenchError> {
+fn build_transport(cfg: &BenchConfig) -> Result<Transport, BenchError> {
     let mut headers = HeaderMap::new();
     let key_var = cfg.api_key_env.as_deref().unwrap_or("OPENAI_API_KEY");
     if let Ok(key) = std::env::var(key_var) {
@@ -201,7 +200,7 @@ fn build_transport(cfg: &BenchConfig, client: reqwest::Client) -> Result<Transpo
         .into());
     }
     Ok(Transport {
-        client,
+        client: crate::engine::request::build_http_client(),
         base: cfg.url.clone(),
         headers,
         protocol: Arc::from(cfg.api.protocol()),

@@ -158,8 +158,6 @@ async fn worker(
     in_flight: Arc<InFlight>,
 ) {
     let plan = &issuer.plan;
-    // In a closed loop a request is due the moment its worker is free.
-    let mut scheduled = Instant::now();
     while let Some((seq, warmup)) = issuer.next() {
         let req = GenRequest {
             model: plan.model.clone(),
@@ -167,11 +165,13 @@ async fn worker(
             max_tokens: plan.max_tokens,
             ignore_eos: plan.ignore_eos,
         };
+        // A closed loop has no timetable: a request is due once it is built,
+        // so the client's own preparation time is never charged to the server.
+        let scheduled = Instant::now();
         let mut rec = RequestRecord::new(seq, warmup, scheduled, plan.max_tokens as usize + 1);
         in_flight.enter();
         execute(&transport, &req, &mut rec, &hard).await;
         in_flight.leave();
-        scheduled = Instant::now();
         if sink.send(rec).is_err() {
             return;
         }

@@ -224,6 +224,9 @@ async fn produce_stream(
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let ids = ids(&gen);
+    // Formatted once per request: per token only the choice is written, so
+    // the simulator's own cost stays far below the delays it simulates.
+    let head = chunk_head(&ids, &gen);
     let mut finished = gen.max_tokens == 0;
     let mut k = 0u32;
     while let Some(ev) = tokens.next().await {
@@ -234,20 +237,17 @@ async fn produce_stream(
                 .await;
             break;
         }
-        let mut frame = String::with_capacity(512);
+        let mut frame = String::with_capacity(head.len() * 2 + 128);
         if k == 0 {
             st.metrics.first_token(arrival.elapsed());
             if gen.chat {
-                push_chunk(
-                    &mut frame,
-                    &ids,
-                    &gen,
-                    json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
-                );
+                frame.push_str(&head);
+                frame.push_str(r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#);
+                frame.push_str("\n\n");
             }
         }
         let last = k + 1 == gen.max_tokens;
-        push_chunk(&mut frame, &ids, &gen, token_choice(&gen, k, last));
+        push_token(&mut frame, &head, gen.chat, k, last);
         st.metrics.token();
         if last {
             finish_frame(&mut frame, &ids, &gen);
@@ -266,22 +266,35 @@ async fn produce_stream(
     st.metrics.end_request(arrival.elapsed(), finished);
 }
 
-fn token_choice(gen: &Gen, k: u32, last: bool) -> Value {
-    let word = WORDS[k as usize % WORDS.len()];
-    let finish = if last { json!("length") } else { Value::Null };
-    if gen.chat {
-        json!({"index": 0, "delta": {"content": word}, "logprobs": null, "finish_reason": finish})
-    } else {
-        json!({"index": 0, "text": word, "logprobs": null, "finish_reason": finish})
-    }
+/// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[` of one request.
+fn chunk_head(ids: &Ids, gen: &Gen) -> String {
+    format!(
+        r#"data: {{"id":{},"object":"{}","created":{},"model":{},"choices":["#,
+        Value::from(ids.id.as_str()),
+        ids.object_chunk,
+        ids.created,
+        Value::from(gen.model.as_str())
+    )
 }
 
-fn push_chunk(frame: &mut String, ids: &Ids, gen: &Gen, choice: Value) {
-    let chunk = json!({"id": ids.id, "object": ids.object_chunk, "created": ids.created,
-                       "model": gen.model, "choices": [choice]});
-    frame.push_str("data: ");
-    frame.push_str(&chunk.to_string());
-    frame.push_str("\n\n");
+/// Appends one token's chunk; the words need no JSON escaping.
+fn push_token(frame: &mut String, head: &str, chat: bool, k: u32, last: bool) {
+    let word = WORDS[k as usize % WORDS.len()];
+    let finish = if last { r#""length""# } else { "null" };
+    frame.push_str(head);
+    if chat {
+        frame.push_str(r#"{"index":0,"delta":{"content":""#);
+    } else {
+        frame.push_str(r#"{"index":0,"text":""#);
+    }
+    frame.push_str(word);
+    frame.push_str(if chat {
+        r#""},"logprobs":null,"finish_reason":"#
+    } else {
+        r#"","logprobs":null,"finish_reason":"#
+    });
+    frame.push_str(finish);
+    frame.push_str("}]}\n\n");
 }
 
 fn finish_frame(frame: &mut String, ids: &Ids, gen: &Gen) {

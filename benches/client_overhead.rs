@@ -1,0 +1,183 @@
+//! Client cost benchmark (issue 2): how much CPU, memory and timing overhead
+//! the measuring client spends, against `throtl mock` in a separate process.
+//!
+//! Run: `cargo bench --bench client_overhead` (add `-- --quick` for a short run).
+//! Prints one line per scenario; docs/performance.md records the numbers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use throtl::api::{ApiKind, Usage};
+use throtl::config::{BenchConfig, ProgressMode};
+use throtl::engine::record::RequestRecord;
+use throtl::engine::{Controls, StopCondition};
+use throtl::report::RunReport;
+use throtl::stats::Stats;
+
+struct Mock {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mock(ttft: &str, itl: &str, threads: &str) -> Mock {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_throtl"))
+        .args([
+            "mock",
+            "--port",
+            "0",
+            "--ttft",
+            ttft,
+            "--itl",
+            itl,
+            "--threads",
+            threads,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start throtl mock");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Mock {
+        child,
+        url: line.trim().to_owned(),
+    }
+}
+
+fn config(url: &str, concurrency: u32, requests: u64) -> BenchConfig {
+    BenchConfig {
+        url: url.to_owned(),
+        model: "throtl-sim".into(),
+        api: ApiKind::OpenaiChat,
+        concurrency,
+        stop: StopCondition::Requests(requests),
+        input_tokens: 32,
+        output_tokens: 64,
+        warmup: u64::from(concurrency),
+        timeout: Duration::from_secs(60),
+        ignore_eos: true,
+        seed: 0,
+        json_out: None,
+        records_out: None,
+        progress: ProgressMode::Quiet,
+        grace: Duration::from_secs(1),
+        api_key_env: None,
+    }
+}
+
+/// Runs a bench on a single-threaded runtime: everything the client does
+/// happens on one core (plus the aggregator thread, included in CPU time).
+fn run_one_core(cfg: &BenchConfig) -> RunReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(throtl::bench::run(cfg, Controls::default()))
+        .unwrap()
+}
+
+fn zero_delay_cost(concurrency: u32, requests: u64) {
+    let m = mock("0ms", "0ms", "1");
+    let r = run_one_core(&config(&m.url, concurrency, requests));
+    let cpu = r.client.cpu_s.unwrap_or(f64::NAN);
+    let total = (r.requests.ok + r.load.warmup_requests) as f64;
+    let rss = throtl::sys::peak_rss_bytes().unwrap_or(0) as f64 / 1e6;
+    println!(
+        "zero-delay c={concurrency:<5} requests={:<6} wall={:.2}s cpu={:.2}s  cpu/1000req={:.3}s  req/s/core={:.0}  chunks/s/core={:.0}  achieved={:.1} peak_in_flight={} peak_rss={rss:.1}MB failed={}",
+        r.requests.ok, r.duration_s, cpu, cpu / total * 1000.0, total / cpu,
+        r.client.messages_parsed as f64 / cpu, r.load.achieved_concurrency, r.load.peak_in_flight, r.requests.failed
+    );
+}
+
+fn fidelity_at(concurrency: u32, requests: u64) {
+    let m = mock("100ms", "20ms", "2");
+    let r = run_one_core(&config(&m.url, concurrency, requests));
+    let rss = throtl::sys::peak_rss_bytes().unwrap_or(0) as f64 / 1e6;
+    let cpu = r.client.cpu_s.unwrap_or(f64::NAN);
+    println!(
+        "truth ttft=100ms itl=20ms c={concurrency:<5} ok={} ttft_p50={:.3}ms itl_p50={:.3}ms tpot_p50={:.3}ms achieved={:.1} peak_in_flight={} cpu/1000req={:.3}s peak_rss={rss:.1}MB send_lag_p99={:.3}ms",
+        r.requests.ok, r.latency_ms.ttft.p50, r.latency_ms.itl.p50, r.latency_ms.tpot.p50,
+        r.load.achieved_concurrency, r.load.peak_in_flight,
+        cpu / (r.requests.ok + r.load.warmup_requests) as f64 * 1000.0, r.client.send_lag_ms.p99
+    );
+}
+
+/// Cost of the per-request instrumentation: 66 clock reads (send, headers,
+/// 64 tokens) plus folding the record into the histograms.
+fn timing_overhead() {
+    let n = 100_000u32;
+    let mut stats = Stats::default();
+    let started = Instant::now();
+    for i in 0..n {
+        let mut rec = RequestRecord::new(u64::from(i), false, Instant::now(), 65);
+        rec.sent = Instant::now();
+        rec.headers = Some(Instant::now());
+        for _ in 0..64 {
+            rec.token_times.push(Instant::now());
+        }
+        rec.end = Instant::now();
+        rec.usage = Usage {
+            input_tokens: Some(32),
+            output_tokens: Some(64),
+        };
+        stats.ingest(&rec, 32);
+    }
+    let per = started.elapsed() / n;
+    assert!(stats.ok == u64::from(n));
+    println!(
+        "timing overhead per 64-token request (clock reads + record + histogram updates): {:.2} µs",
+        per.as_secs_f64() * 1e6
+    );
+}
+
+/// Each scenario runs in a fresh process so its peak RSS is its own.
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--scenario") {
+        run_scenario(&args[i + 1]);
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let scenarios: &[&str] = if quick {
+        &["overhead", "zero-100", "truth-256"]
+    } else {
+        &[
+            "overhead",
+            "zero-1",
+            "zero-100",
+            "zero-1000",
+            "truth-256",
+            "truth-1000",
+        ]
+    };
+    for s in scenarios {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--scenario", s])
+            .status()
+            .unwrap();
+        assert!(status.success(), "scenario {s} failed");
+    }
+}
+
+fn run_scenario(name: &str) {
+    match name {
+        "overhead" => timing_overhead(),
+        "zero-1" => zero_delay_cost(1, 2_000),
+        "zero-100" => zero_delay_cost(100, 10_000),
+        "zero-1000" => zero_delay_cost(1000, 10_000),
+        "truth-256" => fidelity_at(256, 1_024),
+        "truth-1000" => fidelity_at(1000, 3_000),
+        other => panic!("unknown scenario {other}"),
+    }
+}
