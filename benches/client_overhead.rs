@@ -73,6 +73,7 @@ fn config(url: &str, concurrency: u32, requests: u64) -> BenchConfig {
         progress: ProgressMode::Quiet,
         grace: Duration::from_secs(1),
         api_key_env: None,
+        results: Default::default(),
     }
 }
 

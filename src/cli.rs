@@ -16,7 +16,9 @@ use crate::report::{RunReport, RunStatus};
 use crate::sim::SimConfig;
 
 mod monitor;
+mod results;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
+pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
@@ -46,6 +48,12 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// Print or export what `monitor` recorded.
     History(HistoryArgs),
+    /// List, show, export, delete and prune stored bench runs.
+    Runs(RunsArgs),
+    /// Render stored runs (or JSON files) as HTML, Markdown or CSV.
+    Report(ReportArgs),
+    /// Compare runs with confidence intervals and significance tests; gate regressions.
+    Compare(CompareArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -127,6 +135,10 @@ pub struct BenchArgs {
     /// Print nothing but the final result.
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+
+    /// History, reports and cost.
+    #[command(flatten)]
+    pub results: ResultArgs,
 
     /// Runtime worker threads [default: number of CPUs].
     #[arg(long, help_heading = "Client")]
@@ -216,6 +228,7 @@ impl BenchArgs {
             progress: progress_mode(self.no_tui, self.quiet),
             grace: self.grace,
             api_key_env: self.api_key_env.clone(),
+            results: self.results.to_options()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -245,6 +258,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => run_demo(&args),
         Command::Monitor(args) => monitor::run_monitor(&args),
         Command::History(args) => monitor::run_history(&args),
+        Command::Runs(args) => results::run_runs(&args),
+        Command::Report(args) => results::run_report(&args),
+        Command::Compare(args) => results::run_compare(&args),
     }
 }
 
@@ -275,6 +291,17 @@ fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
 
 fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<ExitCode> {
     print_stdout(&crate::report::console::render(report));
+    if let Some(c) = &report.cost {
+        print_stdout(&format!(
+            "Cost ({}): ${:.4} per 1M output tokens, ${:.6} per request\n",
+            c.basis, c.usd_per_1m_output_tokens, c.usd_per_request
+        ));
+    }
+    if cfg.progress != ProgressMode::Quiet {
+        if let Some(db) = &cfg.results.db {
+            eprintln!("run {} stored in {}", report.run_id, db.display());
+        }
+    }
     if let (Some(p), false) = (&cfg.json_out, cfg.progress == ProgressMode::Quiet) {
         eprintln!("JSON summary written to {}", p.display());
     }

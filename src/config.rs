@@ -65,6 +65,25 @@ pub struct BenchConfig {
     pub grace: Duration,
     /// Name of the environment variable holding the API key (never the key).
     pub api_key_env: Option<String>,
+    /// Run history, report files and cost (see docs/results.md).
+    pub results: ResultOptions,
+}
+
+/// Where a bench run is kept and rendered besides `--json`, and how it is priced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResultOptions {
+    /// History database to store the run in; `None` with `--no-store`.
+    pub db: Option<PathBuf>,
+    /// Self-contained HTML report.
+    pub html_out: Option<PathBuf>,
+    /// Markdown summary.
+    pub markdown_out: Option<PathBuf>,
+    /// CSV summary.
+    pub csv_out: Option<PathBuf>,
+    /// Pricing of the run.
+    pub cost: crate::results::cost::CostModel,
+    /// Comparison group the stored run belongs to (multi-target bench).
+    pub group: Option<String>,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -49,6 +49,7 @@ pub async fn run(
         },
         grace: Duration::from_secs(2),
         api_key_env: None,
+        results: Default::default(),
     };
     let report = crate::run_bench_with_interrupt(&cfg).await?;
     drop(server);

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod monitor;
 pub mod progress;
 pub mod report;
+pub mod results;
 pub mod scrape;
 pub mod sim;
 pub mod stats;

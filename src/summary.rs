@@ -82,6 +82,7 @@ pub fn build(
         warnings: Vec::new(),
         config: serde_json::to_value(cfg).unwrap_or_default(),
         server_metrics: None,
+        cost: None,
     };
     report.warnings = warnings(&report);
     report

@@ -45,6 +45,7 @@ fn bench_config(url: String) -> BenchConfig {
         progress: ProgressMode::Quiet,
         grace: Duration::from_secs(2),
         api_key_env: None,
+        results: Default::default(),
     }
 }
 

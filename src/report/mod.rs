@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod records;
+pub mod samples;
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,9 @@ pub struct RunReport {
     /// The target's own `/metrics` scraped during the run (absent when it has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_metrics: Option<crate::scrape::recorder::ServerMetrics>,
+    /// Cost from `--gpu-cost-per-hour` or a price table (absent when not priced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::results::cost::Cost>,
 }
 
 /// The target server.

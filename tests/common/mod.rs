@@ -38,6 +38,7 @@ pub fn config(url: &str, concurrency: u32, requests: u64, output_tokens: u32) ->
         progress: ProgressMode::Quiet,
         grace: Duration::from_secs(1),
         api_key_env: None,
+        results: Default::default(),
     }
 }
 
