@@ -183,6 +183,11 @@ async fn serve(listener: std::net::TcpListener, state: Arc<SimState>, stop: ones
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
+    // Small SSE frames must leave at once: with Nagle's algorithm on, every
+    // frame after the first waits for the client's (delayed, ~40 ms) ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = router(state);
     // Not a graceful shutdown: open streams and idle keep-alive connections
     // would hold it forever; dropping the runtime closes them.

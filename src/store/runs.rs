@@ -243,3 +243,54 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::super::{Store, MIGRATIONS};
+    use crate::report::samples::RequestSample;
+
+    #[test]
+    fn a_version_2_database_migrates_and_keeps_its_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute("INSERT INTO samples (server, engine, ts_ms, metric, value) VALUES ('http://a', 'vllm', 5, 'waiting_requests', 2)", [])
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.samples(&Default::default()).unwrap().len(), 1);
+        assert!(store.list_runs(None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn samples_round_trip_through_compression() {
+        let s = vec![
+            RequestSample {
+                seq: 3,
+                start_ms: 1.5,
+                end_ms: 20.25,
+                ttft_ms: Some(4.125),
+                tpot_ms: None,
+                output_tokens: 1,
+                error: None,
+            },
+            RequestSample {
+                seq: 4,
+                start_ms: 2.0,
+                end_ms: 3.0,
+                ttft_ms: None,
+                tpot_ms: None,
+                output_tokens: 0,
+                error: Some("http_500".into()),
+            },
+        ];
+        assert_eq!(super::decode_samples(&super::encode_samples(&s).unwrap()).unwrap(), s);
+    }
+}
