@@ -15,11 +15,11 @@ use crate::engine::request::{error_chain, Transport};
 use crate::engine::workload::PromptSource;
 use crate::engine::{self, Controls, LoadPlan};
 use crate::progress::{Progress, ProgressInputs};
+use crate::report::samples::RequestSample;
 use crate::report::RunReport;
+use crate::results::{Format, RunData};
 use crate::scrape::recorder::Recorder;
 use crate::stats::aggregator::RecordsOut;
-use crate::report::samples::RequestSample;
-use crate::results::{Format, RunData};
 use crate::stats::{Aggregator, Snapshot, Stats};
 use crate::store::runs::StoredRun;
 use crate::store::Store;
@@ -85,7 +85,12 @@ impl Outputs {
             records: cfg.records_out.as_deref().map(create).transpose()?,
             store: cfg.results.db.as_deref().map(Store::open).transpose()?,
             html: cfg.results.html_out.as_deref().map(create).transpose()?,
-            markdown: cfg.results.markdown_out.as_deref().map(create).transpose()?,
+            markdown: cfg
+                .results
+                .markdown_out
+                .as_deref()
+                .map(create)
+                .transpose()?,
             csv: cfg.results.csv_out.as_deref().map(create).transpose()?,
         })
     }
@@ -186,10 +191,13 @@ async fn measure(
         prompts: PromptSource::new(cfg.input_tokens, cfg.seed),
     });
     let outcome = engine::run_closed_loop(transport, plan, tx, controls).await;
-    let (stats, samples) = aggregator.finish_with_samples().map_err(|source| BenchError::Output {
-        path: cfg.records_out.clone().unwrap_or_default(),
-        source,
-    })?;
+    let (stats, samples) =
+        aggregator
+            .finish_with_samples()
+            .map_err(|source| BenchError::Output {
+                path: cfg.records_out.clone().unwrap_or_default(),
+                source,
+            })?;
     progress.finish();
     let server_metrics = recorder.and_then(Recorder::finish);
     let cpu = match (cpu_before, crate::sys::cpu_time()) {

@@ -51,7 +51,9 @@ fn issue7_stored_run_re_renders_to_the_identical_json_report() {
     assert!(run.samples.iter().all(|s| s.ttft_ms.unwrap() >= 5.0));
     let ttft = &run.histograms.iter().find(|(n, _)| n == "ttft").unwrap().1;
     assert_eq!(ttft.len(), report.latency_ms.ttft.count);
-    assert!((ttft.value_at_quantile(0.99) as f64 / 1000.0 - report.latency_ms.ttft.p99).abs() < 1e-9);
+    assert!(
+        (ttft.value_at_quantile(0.99) as f64 / 1000.0 - report.latency_ms.ttft.p99).abs() < 1e-9
+    );
     // Cost: $2.5/h at the measured throughput.
     let cost = run.report.cost.unwrap();
     let expect = 2.5 / 3600.0 / report.throughput.output_tokens_per_s * 1e6;
@@ -79,15 +81,25 @@ fn issue7_gate_fails_on_a_planted_regression_and_passes_on_noise() {
     let c = bench_stored(&slow.url(), &db, 60, None);
     let store = Store::open(&db).unwrap();
     let get = |r: &RunReport| -> RunData { load(&r.run_id, Some(&store)).unwrap() };
-    let rules: Vec<GateRule> = ["ttft.p99>+10%", "e2e.p50>+10%", "throughput.output_tokens_per_s<-5%"]
-        .iter()
-        .map(|r| GateRule::parse(r).unwrap())
-        .collect();
+    let rules: Vec<GateRule> = [
+        "ttft.p99>+10%",
+        "e2e.p50>+10%",
+        "throughput.output_tokens_per_s<-5%",
+    ]
+    .iter()
+    .map(|r| GateRule::parse(r).unwrap())
+    .collect();
     let noise = gate(&[get(&a), get(&b)], &rules);
     assert!(noise.is_empty(), "{noise:?}");
     let planted = gate(&[get(&a), get(&c)], &rules);
-    eprintln!("{}", throtl::results::text::compare_console(&[get(&a), get(&c)]));
-    assert!(planted.iter().any(|f| f.contains("ttft.p99")), "{planted:?}");
+    eprintln!(
+        "{}",
+        throtl::results::text::compare_console(&[get(&a), get(&c)])
+    );
+    assert!(
+        planted.iter().any(|f| f.contains("ttft.p99")),
+        "{planted:?}"
+    );
     assert!(planted.iter().any(|f| f.contains("e2e.p50")), "{planted:?}");
     // The reverse direction (an improvement) never fails an increase rule.
     assert!(gate(&[get(&c), get(&a)], &rules[..2]).is_empty());
@@ -108,7 +120,12 @@ fn issue7_gate_fails_on_a_planted_regression_and_passes_on_noise() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("baseline better"), "{stdout}");
     let out = cmp(&a, &b);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -118,28 +135,75 @@ fn issue7_runs_subcommands_work_from_the_cli() {
     let db = dir.path().join("h.db");
     let html = dir.path().join("r.html");
     let out = Command::new(common::bin())
-        .args(["bench", "--url", &server.url(), "-m", "throtl-sim", "-n", "20", "-c", "2", "--warmup", "0", "-q", "--db"])
+        .args([
+            "bench",
+            "--url",
+            &server.url(),
+            "-m",
+            "throtl-sim",
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "--warmup",
+            "0",
+            "-q",
+            "--db",
+        ])
         .arg(&db)
         .arg("--html")
         .arg(&html)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
     let run = |args: &[&str]| {
-        let o = Command::new(common::bin()).args(args).arg("--db").arg(&db).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(common::bin())
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     };
     let list = run(&["runs", "list"]);
-    let id = list.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-    assert_eq!(run(&["runs", "export", &id, "--format", "jsonl"]).lines().count(), 20);
-    assert_eq!(run(&["runs", "export", &id, "--format", "csv"]).lines().count(), 21);
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        run(&["runs", "export", &id, "--format", "jsonl"])
+            .lines()
+            .count(),
+        20
+    );
+    assert_eq!(
+        run(&["runs", "export", &id, "--format", "csv"])
+            .lines()
+            .count(),
+        21
+    );
     let export = dir.path().join("e.json");
     run(&["runs", "export", &id, "-o", export.to_str().unwrap()]);
     // An export file compares like a stored run; a run against itself is never significant.
     let cmp = run(&["compare", export.to_str().unwrap(), &id]);
-    assert!(cmp.contains("no significant difference") && !cmp.contains("better"), "{cmp}");
+    assert!(
+        cmp.contains("no significant difference") && !cmp.contains("better"),
+        "{cmp}"
+    );
     assert!(run(&["runs", "show", &id]).contains("95% bootstrap CIs"));
     run(&["runs", "prune", "--keep", "1h"]);
     assert_eq!(run(&["runs", "list"]).lines().count(), 2);
@@ -147,7 +211,18 @@ fn issue7_runs_subcommands_work_from_the_cli() {
     assert_eq!(run(&["runs", "list"]).lines().count(), 1);
     // A bad --db path fails before any load, naming the flag.
     let o = Command::new(common::bin())
-        .args(["bench", "--url", &server.url(), "-m", "m", "-n", "1", "-q", "--db", "/proc/nope/h.db"])
+        .args([
+            "bench",
+            "--url",
+            &server.url(),
+            "-m",
+            "m",
+            "-n",
+            "1",
+            "-q",
+            "--db",
+            "/proc/nope/h.db",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

@@ -37,7 +37,12 @@ pub struct ResultArgs {
     #[arg(long, value_name = "USD", help_heading = "Results")]
     pub gpu_cost_per_hour: Option<f64>,
     /// Per-token prices by model (YAML, see docs/results.md) [default: the built-in dated table].
-    #[arg(long, value_name = "FILE", conflicts_with = "gpu_cost_per_hour", help_heading = "Results")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "gpu_cost_per_hour",
+        help_heading = "Results"
+    )]
     pub price_file: Option<PathBuf>,
 }
 
@@ -214,8 +219,9 @@ fn open_existing(db: Option<&PathBuf>) -> Result<Store> {
 
 fn write_or_print(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match path {
-        Some(p) if p != Path::new("-") => std::fs::write(p, bytes)
-            .with_context(|| format!("cannot write '{}'", p.display())),
+        Some(p) if p != Path::new("-") => {
+            std::fs::write(p, bytes).with_context(|| format!("cannot write '{}'", p.display()))
+        }
         _ => {
             print_stdout(&String::from_utf8_lossy(bytes));
             Ok(())
@@ -226,7 +232,10 @@ fn write_or_print(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
 fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -303,7 +312,10 @@ pub fn run_runs(args: &RunsArgs) -> Result<ExitCode> {
         }
         RunsAction::Prune { keep } => {
             let n = store.prune_runs(unix_ms() - keep.as_millis() as i64)?;
-            eprintln!("deleted {n} run(s) older than {}", humantime::format_duration(*keep));
+            eprintln!(
+                "deleted {n} run(s) older than {}",
+                humantime::format_duration(*keep)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -314,7 +326,9 @@ fn percentile_cis(run: &RunData) -> String {
     if run.samples.is_empty() {
         return String::new();
     }
-    let mut s = String::from("\nPercentiles with 95% bootstrap CIs (from the stored per-request samples, ms):\n");
+    let mut s = String::from(
+        "\nPercentiles with 95% bootstrap CIs (from the stored per-request samples, ms):\n",
+    );
     for (m, name) in [(Ttft, "TTFT"), (Tpot, "TPOT"), (E2e, "e2e")] {
         s.push_str(&format!(
             "  {name:<5} p50 {}   p99 {}\n",
@@ -382,7 +396,10 @@ pub fn run_compare(args: &CompareArgs) -> Result<ExitCode> {
     }
     let failures = gate(&runs, &rules);
     if failures.is_empty() {
-        eprintln!("gate passed: no significant regression beyond {}", args.fail_on.join(", "));
+        eprintln!(
+            "gate passed: no significant regression beyond {}",
+            args.fail_on.join(", ")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for f in &failures {

@@ -326,7 +326,13 @@ mod tests {
         assert_eq!(r.key, MetricKey::OutputThroughput);
         assert!(!r.increase);
         assert!((r.threshold + 0.05).abs() < 1e-12);
-        for bad in ["ttft.p99>10", "ttft.p42>+1%", "nope.p99>+1%", "ttft.p99", "e2e.mean>x%"] {
+        for bad in [
+            "ttft.p99>10",
+            "ttft.p42>+1%",
+            "nope.p99>+1%",
+            "ttft.p99",
+            "e2e.mean>x%",
+        ] {
             assert!(GateRule::parse(bad).is_err(), "{bad}");
         }
     }

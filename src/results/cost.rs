@@ -129,9 +129,8 @@ impl CostModel {
         if ok == 0 || out == 0 {
             return None;
         }
-        let total = (r.tokens.input_total as f64 * p.input_per_1m
-            + out as f64 * p.output_per_1m)
-            / 1e6;
+        let total =
+            (r.tokens.input_total as f64 * p.input_per_1m + out as f64 * p.output_per_1m) / 1e6;
         Some(Cost {
             basis: "token_price".into(),
             gpu_cost_per_hour: None,

@@ -197,18 +197,76 @@ fn summary_table(runs: &[RunData]) -> String {
         let _ = write!(s, "<th>#{} {}</th>", i + 1, esc(&label(&r.report)));
     }
     s.push_str("</tr>");
-    let rows: Vec<(&str, Box<dyn Fn(&RunData) -> String>)> = vec![
-        ("status", Box::new(|r| format!("{:?}", r.report.status).to_lowercase())),
+    type Cell = Box<dyn Fn(&RunData) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
+        (
+            "status",
+            Box::new(|r| format!("{:?}", r.report.status).to_lowercase()),
+        ),
         ("model", Box::new(|r| esc(&r.report.target.model))),
-        ("concurrency", Box::new(|r| r.report.load.concurrency.to_string())),
-        ("requests ok / failed", Box::new(|r| format!("{} / {}", r.report.requests.ok, r.report.requests.failed))),
-        ("output tok/s", Box::new(|r| format!("{:.1}", r.report.throughput.output_tokens_per_s))),
-        ("requests/s", Box::new(|r| format!("{:.2}", r.report.throughput.requests_per_s))),
-        ("TTFT p50 / p99 (ms)", Box::new(|r| format!("{:.1} / {:.1}", r.report.latency_ms.ttft.p50, r.report.latency_ms.ttft.p99))),
-        ("ITL p50 / p99 (ms)", Box::new(|r| format!("{:.2} / {:.2}", r.report.latency_ms.itl.p50, r.report.latency_ms.itl.p99))),
-        ("TPOT p50 / p99 (ms)", Box::new(|r| format!("{:.2} / {:.2}", r.report.latency_ms.tpot.p50, r.report.latency_ms.tpot.p99))),
-        ("e2e p50 / p99 (ms)", Box::new(|r| format!("{:.1} / {:.1}", r.report.latency_ms.e2e.p50, r.report.latency_ms.e2e.p99))),
-        ("cost", Box::new(|r| r.report.cost.as_ref().map_or("–".into(), |c| format!("${:.4} / 1M output tokens, ${:.6} / request ({})", c.usd_per_1m_output_tokens, c.usd_per_request, c.basis)))),
+        (
+            "concurrency",
+            Box::new(|r| r.report.load.concurrency.to_string()),
+        ),
+        (
+            "requests ok / failed",
+            Box::new(|r| format!("{} / {}", r.report.requests.ok, r.report.requests.failed)),
+        ),
+        (
+            "output tok/s",
+            Box::new(|r| format!("{:.1}", r.report.throughput.output_tokens_per_s)),
+        ),
+        (
+            "requests/s",
+            Box::new(|r| format!("{:.2}", r.report.throughput.requests_per_s)),
+        ),
+        (
+            "TTFT p50 / p99 (ms)",
+            Box::new(|r| {
+                format!(
+                    "{:.1} / {:.1}",
+                    r.report.latency_ms.ttft.p50, r.report.latency_ms.ttft.p99
+                )
+            }),
+        ),
+        (
+            "ITL p50 / p99 (ms)",
+            Box::new(|r| {
+                format!(
+                    "{:.2} / {:.2}",
+                    r.report.latency_ms.itl.p50, r.report.latency_ms.itl.p99
+                )
+            }),
+        ),
+        (
+            "TPOT p50 / p99 (ms)",
+            Box::new(|r| {
+                format!(
+                    "{:.2} / {:.2}",
+                    r.report.latency_ms.tpot.p50, r.report.latency_ms.tpot.p99
+                )
+            }),
+        ),
+        (
+            "e2e p50 / p99 (ms)",
+            Box::new(|r| {
+                format!(
+                    "{:.1} / {:.1}",
+                    r.report.latency_ms.e2e.p50, r.report.latency_ms.e2e.p99
+                )
+            }),
+        ),
+        (
+            "cost",
+            Box::new(|r| {
+                r.report.cost.as_ref().map_or("–".into(), |c| {
+                    format!(
+                        "${:.4} / 1M output tokens, ${:.6} / request ({})",
+                        c.usd_per_1m_output_tokens, c.usd_per_request, c.basis
+                    )
+                })
+            }),
+        ),
     ];
     for (name, f) in rows {
         let _ = write!(s, "<tr><td>{name}</td>");
@@ -240,7 +298,11 @@ fn comparison_table(runs: &[RunData]) -> String {
         }
         for (i, d) in row.diffs.iter().enumerate() {
             let ci = d.ci.map_or(String::new(), |c| {
-                format!(" [{:+.1}%, {:+.1}%]", c.rel_ci.0 * 100.0, c.rel_ci.1 * 100.0)
+                format!(
+                    " [{:+.1}%, {:+.1}%]",
+                    c.rel_ci.0 * 100.0,
+                    c.rel_ci.1 * 100.0
+                )
             });
             let _ = write!(
                 s,
@@ -256,10 +318,13 @@ fn comparison_table(runs: &[RunData]) -> String {
 }
 
 fn server_charts(runs: &[RunData], labels: &[String]) -> String {
-    let fields: [(&str, fn(&Derived) -> Option<f64>); 4] = [
+    type Field = fn(&Derived) -> Option<f64>;
+    let fields: [(&str, Field); 4] = [
         ("Requests waiting (server)", |d| d.waiting),
         ("Requests running (server)", |d| d.running),
-        ("KV-cache usage (server, %)", |d| d.kv_cache_usage.map(|v| v * 100.0)),
+        ("KV-cache usage (server, %)", |d| {
+            d.kv_cache_usage.map(|v| v * 100.0)
+        }),
         ("Generation tok/s (server)", |d| d.generation_tokens_per_s),
     ];
     let mut s = String::new();
@@ -321,7 +386,12 @@ pub fn render(runs: &[RunData]) -> String {
     s.push_str(&summary_table(runs));
     for r in runs {
         for w in &r.report.warnings {
-            let _ = write!(s, "<p class=\"warn\">{}: {}</p>", esc(&r.report.run_id), esc(w));
+            let _ = write!(
+                s,
+                "<p class=\"warn\">{}: {}</p>",
+                esc(&r.report.run_id),
+                esc(w)
+            );
         }
     }
     s.push_str(&comparison_table(runs));
@@ -331,7 +401,12 @@ pub fn render(runs: &[RunData]) -> String {
     s.push_str("<h2>Configuration</h2>");
     for r in runs {
         let cfg = serde_json::to_string_pretty(&r.report.config).unwrap_or_default();
-        let _ = write!(s, "<h3>{}</h3><pre>{}</pre>", esc(&label(&r.report)), esc(&cfg));
+        let _ = write!(
+            s,
+            "<h3>{}</h3><pre>{}</pre>",
+            esc(&label(&r.report)),
+            esc(&cfg)
+        );
     }
     s.push_str("</body></html>\n");
     s
@@ -348,8 +423,18 @@ fn distribution_charts(runs: &[RunData], labels: &[String]) -> String {
         (SampleMetric::E2e, "End-to-end latency"),
     ] {
         let values: Vec<Vec<f64>> = runs.iter().map(|r| m.values(&r.samples)).collect();
-        s.push_str(&line_chart(&format!("{name} histogram"), "ms", "requests", &histogram(&values, labels)));
-        s.push_str(&line_chart(&format!("{name} CDF"), "ms", "fraction", &cdf(&values, labels)));
+        s.push_str(&line_chart(
+            &format!("{name} histogram"),
+            "ms",
+            "requests",
+            &histogram(&values, labels),
+        ));
+        s.push_str(&line_chart(
+            &format!("{name} CDF"),
+            "ms",
+            "fraction",
+            &cdf(&values, labels),
+        ));
     }
     s.push_str("</div>");
     s
@@ -358,9 +443,15 @@ fn distribution_charts(runs: &[RunData], labels: &[String]) -> String {
 fn time_charts(runs: &[RunData], labels: &[String]) -> String {
     type Pick = fn(&super::SecondBucket) -> Option<f64>;
     let charts: [(&str, &str, Pick); 4] = [
-        ("Output throughput over time", "tok/s", |b| Some(b.output_tokens as f64)),
-        ("Mean TTFT over time", "ms", |b| (b.ok > 0).then_some(b.ttft_mean_ms)),
-        ("Mean e2e latency over time", "ms", |b| (b.ok > 0).then_some(b.e2e_mean_ms)),
+        ("Output throughput over time", "tok/s", |b| {
+            Some(b.output_tokens as f64)
+        }),
+        ("Mean TTFT over time", "ms", |b| {
+            (b.ok > 0).then_some(b.ttft_mean_ms)
+        }),
+        ("Mean e2e latency over time", "ms", |b| {
+            (b.ok > 0).then_some(b.e2e_mean_ms)
+        }),
         ("Errors over time", "errors/s", |b| Some(b.errors as f64)),
     ];
     let buckets: Vec<_> = runs.iter().map(|r| per_second(&r.samples)).collect();

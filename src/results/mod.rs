@@ -191,7 +191,9 @@ pub fn per_second(samples: &[RequestSample]) -> Vec<SecondBucket> {
         .collect();
     let mut ttft_n = vec![0u64; b.len()];
     for s in samples {
-        let i = ((s.end_ms / 1000.0) as usize).saturating_sub(lo).min(b.len() - 1);
+        let i = ((s.end_ms / 1000.0) as usize)
+            .saturating_sub(lo)
+            .min(b.len() - 1);
         if !s.is_ok() {
             b[i].errors += 1;
             continue;

@@ -228,16 +228,31 @@ mod tests {
         // the scipy documentation: statistic=17.0, pvalue=0.11134688653314041.
         let m = mann_whitney(&[19., 22., 16., 29., 24.], &[20., 11., 17., 12.]).unwrap();
         assert_eq!(m.u1, 17.0);
-        assert!(close(m.p_value, 0.111_346_886_533_140_41, 1e-6), "{}", m.p_value);
+        assert!(
+            close(m.p_value, 0.111_346_886_533_140_41, 1e-6),
+            "{}",
+            m.p_value
+        );
         // Same formula evaluated with Python's math.erfc (with ties):
         // U1 = 10.5, p = 0.047326108581877586.
-        let m = mann_whitney(&[1., 2., 2., 3., 4., 5., 5., 6.], &[3., 4., 5., 6., 7., 7., 8.])
-            .unwrap();
+        let m = mann_whitney(
+            &[1., 2., 2., 3., 4., 5., 5., 6.],
+            &[3., 4., 5., 6., 7., 7., 8.],
+        )
+        .unwrap();
         assert_eq!(m.u1, 10.5);
-        assert!(close(m.p_value, 0.047_326_108_581_877_586, 1e-6), "{}", m.p_value);
+        assert!(
+            close(m.p_value, 0.047_326_108_581_877_586, 1e-6),
+            "{}",
+            m.p_value
+        );
         // Complete separation, n = 5 + 5: p = 0.012185780355344818.
         let m = mann_whitney(&[1., 2., 3., 4., 5.], &[6., 7., 8., 9., 10.]).unwrap();
-        assert!(close(m.p_value, 0.012_185_780_355_344_818, 1e-6), "{}", m.p_value);
+        assert!(
+            close(m.p_value, 0.012_185_780_355_344_818, 1e-6),
+            "{}",
+            m.p_value
+        );
         // Identical samples: no evidence at all.
         let m = mann_whitney(&[1., 1., 1.], &[1., 1., 1.]).unwrap();
         assert_eq!(m.p_value, 1.0);
@@ -262,12 +277,26 @@ mod tests {
         assert!(close(ci.diff, 10.0, 1e-9));
         let half = (ci.diff_ci.1 - ci.diff_ci.0) / 2.0;
         assert!(close(half, 25.30, 0.08), "half-width {half}");
-        assert!(close((ci.diff_ci.0 + ci.diff_ci.1) / 2.0, 10.0, 0.5 * 25.3 / 10.0));
+        assert!(close(
+            (ci.diff_ci.0 + ci.diff_ci.1) / 2.0,
+            10.0,
+            0.5 * 25.3 / 10.0
+        ));
         // Seeded: the same inputs give the same interval.
-        assert_eq!(ci, bootstrap_diff(&a, &b, Statistic::Mean, 2000, 0.95, 7).unwrap());
+        assert_eq!(
+            ci,
+            bootstrap_diff(&a, &b, Statistic::Mean, 2000, 0.95, 7).unwrap()
+        );
         // Constant samples: a zero-width interval at the true difference.
-        let ci = bootstrap_diff(&[5.0; 50], &[6.0; 50], Statistic::Quantile(990), 200, 0.95, 1)
-            .unwrap();
+        let ci = bootstrap_diff(
+            &[5.0; 50],
+            &[6.0; 50],
+            Statistic::Quantile(990),
+            200,
+            0.95,
+            1,
+        )
+        .unwrap();
         assert_eq!((ci.diff_ci, ci.rel), ((1.0, 1.0), 0.2));
     }
 

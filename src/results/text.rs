@@ -36,16 +36,43 @@ pub fn markdown(runs: &[RunData]) -> String {
     s.push_str(" |\n|---|");
     s.push_str(&"---:|".repeat(runs.len()));
     s.push('\n');
-    let rows: [(&str, &dyn Fn(&RunData) -> String); 9] = [
-        ("target", &|r| format!("{} ({})", r.report.target.url, r.report.target.model)),
-        ("requests ok / failed", &|r| format!("{} / {}", r.report.requests.ok, r.report.requests.failed)),
-        ("output tok/s", &|r| format!("{:.1}", r.report.throughput.output_tokens_per_s)),
-        ("TTFT p50 ms (95% CI)", &|r| with_ci(r, SampleMetric::Ttft, 500)),
-        ("TTFT p99 ms (95% CI)", &|r| with_ci(r, SampleMetric::Ttft, 990)),
-        ("TPOT p50 ms (95% CI)", &|r| with_ci(r, SampleMetric::Tpot, 500)),
-        ("e2e p99 ms (95% CI)", &|r| with_ci(r, SampleMetric::E2e, 990)),
-        ("ITL p50 / p99 ms", &|r| format!("{:.2} / {:.2}", r.report.latency_ms.itl.p50, r.report.latency_ms.itl.p99)),
-        ("cost", &|r| r.report.cost.as_ref().map_or("–".into(), |c| format!("${:.4}/1M out tok, ${:.6}/req", c.usd_per_1m_output_tokens, c.usd_per_request))),
+    type Cell<'a> = &'a dyn Fn(&RunData) -> String;
+    let rows: [(&str, Cell); 9] = [
+        ("target", &|r| {
+            format!("{} ({})", r.report.target.url, r.report.target.model)
+        }),
+        ("requests ok / failed", &|r| {
+            format!("{} / {}", r.report.requests.ok, r.report.requests.failed)
+        }),
+        ("output tok/s", &|r| {
+            format!("{:.1}", r.report.throughput.output_tokens_per_s)
+        }),
+        ("TTFT p50 ms (95% CI)", &|r| {
+            with_ci(r, SampleMetric::Ttft, 500)
+        }),
+        ("TTFT p99 ms (95% CI)", &|r| {
+            with_ci(r, SampleMetric::Ttft, 990)
+        }),
+        ("TPOT p50 ms (95% CI)", &|r| {
+            with_ci(r, SampleMetric::Tpot, 500)
+        }),
+        ("e2e p99 ms (95% CI)", &|r| {
+            with_ci(r, SampleMetric::E2e, 990)
+        }),
+        ("ITL p50 / p99 ms", &|r| {
+            format!(
+                "{:.2} / {:.2}",
+                r.report.latency_ms.itl.p50, r.report.latency_ms.itl.p99
+            )
+        }),
+        ("cost", &|r| {
+            r.report.cost.as_ref().map_or("–".into(), |c| {
+                format!(
+                    "${:.4}/1M out tok, ${:.6}/req",
+                    c.usd_per_1m_output_tokens, c.usd_per_request
+                )
+            })
+        }),
     ];
     for (name, f) in rows {
         let _ = writeln!(
@@ -56,7 +83,11 @@ pub fn markdown(runs: &[RunData]) -> String {
     }
     if runs.len() > 1 {
         s.push('\n');
-        s.push_str(&compare_table(&compare(runs, &MetricKey::defaults()), runs.len(), true));
+        s.push_str(&compare_table(
+            &compare(runs, &MetricKey::defaults()),
+            runs.len(),
+            true,
+        ));
     }
     s
 }
@@ -76,7 +107,11 @@ pub fn compare_table(rows: &[MetricRow], n_runs: usize, md: bool) -> String {
         line.extend(row.values.iter().map(|v| format!("{v:.2}")));
         for (i, d) in row.diffs.iter().enumerate() {
             let ci = d.ci.map_or(String::new(), |c| {
-                format!(" [{:+.1}%, {:+.1}%]", c.rel_ci.0 * 100.0, c.rel_ci.1 * 100.0)
+                format!(
+                    " [{:+.1}%, {:+.1}%]",
+                    c.rel_ci.0 * 100.0,
+                    c.rel_ci.1 * 100.0
+                )
             });
             line.push(format!("{:+.1}%{ci}", d.rel * 100.0));
             line.push(d.p_value.map_or("–".into(), |p| format!("{p:.3}")));
@@ -95,7 +130,13 @@ pub fn compare_table(rows: &[MetricRow], n_runs: usize, md: bool) -> String {
         return s;
     }
     let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut s = String::new();
     for l in &table {
@@ -123,7 +164,11 @@ pub fn compare_console(runs: &[RunData]) -> String {
         );
     }
     s.push('\n');
-    s.push_str(&compare_table(&compare(runs, &MetricKey::defaults()), runs.len(), false));
+    s.push_str(&compare_table(
+        &compare(runs, &MetricKey::defaults()),
+        runs.len(),
+        false,
+    ));
     s.push_str("\nA winner is named only when Mann–Whitney p < 0.05 and the 95% bootstrap CI of the difference excludes 0.\n");
     s
 }

@@ -63,7 +63,9 @@ pub enum StoreError {
         known: i64,
     },
     /// The directory of the database could not be created.
-    #[error("cannot create '{path}' for the history database: {source}. Choose another file with --db")]
+    #[error(
+        "cannot create '{path}' for the history database: {source}. Choose another file with --db"
+    )]
     Dir {
         /// Directory.
         path: PathBuf,

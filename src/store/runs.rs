@@ -159,7 +159,9 @@ impl Store {
             .conn
             .prepare("SELECT name, data FROM run_histograms WHERE run_id = ?1 ORDER BY name")?;
         let blobs = st
-            .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .query_map([id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut histograms = Vec::new();
         for (name, data) in blobs {
@@ -291,6 +293,9 @@ mod tests {
                 error: Some("http_500".into()),
             },
         ];
-        assert_eq!(super::decode_samples(&super::encode_samples(&s).unwrap()).unwrap(), s);
+        assert_eq!(
+            super::decode_samples(&super::encode_samples(&s).unwrap()).unwrap(),
+            s
+        );
     }
 }
