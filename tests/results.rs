@@ -14,6 +14,16 @@ use throtl::results::cost::CostModel;
 use throtl::results::{load, render, Format, RunData};
 use throtl::store::Store;
 
+/// The simulator-driven tests run one at a time: on a shared 2-core machine,
+/// parallel runs would add scheduling noise to the latencies compared.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -37,6 +47,7 @@ fn bench_stored(url: &str, db: &Path, requests: u64, json: Option<&Path>) -> Run
 
 #[test]
 fn issue7_stored_run_re_renders_to_the_identical_json_report() {
+    let _serial = serial();
     let server = common::sim(5, 1);
     let dir = common::tmpdir();
     let (db, json) = (dir.path().join("h.db"), dir.path().join("run.json"));
@@ -72,13 +83,15 @@ fn issue7_stored_run_re_renders_to_the_identical_json_report() {
 
 #[test]
 fn issue7_gate_fails_on_a_planted_regression_and_passes_on_noise() {
+    let _serial = serial();
     let dir = common::tmpdir();
     let db = dir.path().join("h.db");
-    let fast = common::sim(15, 1);
-    let a = bench_stored(&fast.url(), &db, 60, None);
-    let b = bench_stored(&fast.url(), &db, 60, None);
-    let slow = common::sim(30, 1);
-    let c = bench_stored(&slow.url(), &db, 60, None);
+    // Planted regression: TTFT 10 ms -> 60 ms (+500%, far beyond the limits).
+    let fast = common::sim(10, 1);
+    let a = bench_stored(&fast.url(), &db, 50, None);
+    let b = bench_stored(&fast.url(), &db, 50, None);
+    let slow = common::sim(60, 1);
+    let c = bench_stored(&slow.url(), &db, 50, None);
     let store = Store::open(&db).unwrap();
     let get = |r: &RunReport| -> RunData { load(&r.run_id, Some(&store)).unwrap() };
     let rules: Vec<GateRule> = [
@@ -130,6 +143,7 @@ fn issue7_gate_fails_on_a_planted_regression_and_passes_on_noise() {
 
 #[test]
 fn issue7_runs_subcommands_work_from_the_cli() {
+    let _serial = serial();
     let server = common::sim(2, 1);
     let dir = common::tmpdir();
     let db = dir.path().join("h.db");
