@@ -123,6 +123,11 @@ impl Outputs {
 
 /// Runs a whole bench: validate, open outputs, probe, measure, report, write.
 pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
+    run_full(cfg, controls).await.map(|r| r.report)
+}
+
+/// Like [`run`], returning the report with its samples and histograms.
+pub async fn run_full(cfg: &BenchConfig, controls: Controls) -> Result<StoredRun, BenchError> {
     cfg.validate()?;
     let mut outputs = Outputs::open(cfg)?;
     preflight(&build_client()?, &cfg.url).await?;
@@ -141,7 +146,7 @@ pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, Ben
         group: cfg.results.group.clone(),
     };
     outputs.finish(&run)?;
-    Ok(run.report)
+    Ok(run)
 }
 
 async fn measure(

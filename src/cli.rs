@@ -78,8 +78,21 @@ impl From<ApiArg> for ApiKind {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Server base URL (a trailing /v1 is accepted).
-    #[arg(long, env = "THROTL_URL", help_heading = "Target")]
-    pub url: String,
+    #[arg(
+        long,
+        env = "THROTL_URL",
+        required_unless_present = "targets",
+        help_heading = "Target"
+    )]
+    pub url: Option<String>,
+    /// Several targets, benched one after another with the same workload and compared: NAME=URL, repeated.
+    #[arg(
+        long = "target",
+        value_name = "NAME=URL",
+        conflicts_with = "url",
+        help_heading = "Target"
+    )]
+    pub targets: Vec<String>,
     /// Model name to request [default: the first model listed by /v1/models].
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,
@@ -206,13 +219,22 @@ fn progress_mode(no_tui: bool, quiet: bool) -> ProgressMode {
 impl BenchArgs {
     /// Converts flags into a validated config (model resolved separately).
     pub fn to_config(&self, model: String) -> Result<BenchConfig> {
+        let url = self
+            .url
+            .as_deref()
+            .context("--url is required (or --target NAME=URL)")?;
+        self.to_config_for(url, model)
+    }
+
+    /// Like [`BenchArgs::to_config`], for the target at `url`.
+    pub fn to_config_for(&self, url: &str, model: String) -> Result<BenchConfig> {
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),
             (None, None) => StopCondition::Requests(100),
         };
         let cfg = BenchConfig {
-            url: normalize_base_url(&self.url)?,
+            url: normalize_base_url(url)?,
             model,
             api: self.api.into(),
             concurrency: self.concurrency,
@@ -264,7 +286,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
@@ -276,9 +298,12 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
 }
 
 fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
+    if !args.targets.is_empty() {
+        return results::run_multi(args);
+    }
     let rt = runtime(args.threads)?;
     rt.block_on(async {
-        let base = normalize_base_url(&args.url)?;
+        let base = normalize_base_url(args.url.as_deref().unwrap_or_default())?;
         let model = match &args.model {
             Some(m) => m.clone(),
             None => crate::discover::first_model(&base).await?,
@@ -289,7 +314,7 @@ fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
     })
 }
 
-fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<ExitCode> {
+pub(crate) fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<ExitCode> {
     print_stdout(&crate::report::console::render(report));
     if let Some(c) = &report.cost {
         print_stdout(&format!(

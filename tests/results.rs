@@ -242,3 +242,72 @@ fn issue7_runs_subcommands_work_from_the_cli() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--db"));
 }
+
+#[test]
+fn issue7_multi_target_bench_runs_each_target_stores_a_group_and_compares() {
+    let _serial = serial();
+    let fast = common::sim(5, 1);
+    let slow = common::sim(40, 1);
+    let dir = common::tmpdir();
+    let db = dir.path().join("h.db");
+    let (html, json) = (dir.path().join("all.html"), dir.path().join("r.json"));
+    let out = Command::new(common::bin())
+        .args(["bench", "--target", &format!("fast={}", fast.url())])
+        .args(["--target", &format!("slow={}", slow.url())])
+        .args([
+            "-m",
+            "throtl-sim",
+            "-n",
+            "30",
+            "--warmup",
+            "0",
+            "--output-tokens",
+            "4",
+            "-q",
+            "--db",
+        ])
+        .arg(&db)
+        .arg("--html")
+        .arg(&html)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("#1 = fast") && stdout.contains("#2 = slow"),
+        "{stdout}"
+    );
+    // TTFT 5 ms vs 40 ms: the comparison names the baseline (fast) better.
+    let ttft = stdout.lines().find(|l| l.starts_with("ttft.p50")).unwrap();
+    assert!(ttft.contains("baseline better"), "{ttft}");
+    // One JSON file per target, one stored run per target in one group, one combined report.
+    let fast_json: RunReport =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r-fast.json")).unwrap())
+            .unwrap();
+    assert!(dir.path().join("r-slow.json").exists());
+    let store = Store::open(&db).unwrap();
+    let listed = store.list_runs(None, None).unwrap();
+    assert_eq!(listed.len(), 2);
+    let groups: Vec<_> = listed
+        .iter()
+        .map(|l| store.run(&l.id).unwrap().unwrap().group.unwrap())
+        .collect();
+    assert_eq!(groups[0], groups[1]);
+    assert_eq!(store.group_runs(&groups[0]).unwrap().len(), 2);
+    assert!(listed.iter().any(|l| l.id == fast_json.run_id));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("2 runs compared") && page.contains(&slow.url()));
+    // The same workload: same seed and prompt length in both configs.
+    let a = store.run(&listed[0].id).unwrap().unwrap().report.config;
+    let b = store.run(&listed[1].id).unwrap().unwrap().report.config;
+    assert_eq!(
+        (&a["seed"], &a["input_tokens"]),
+        (&b["seed"], &b["input_tokens"])
+    );
+}

@@ -407,3 +407,104 @@ pub fn run_compare(args: &CompareArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::from(REGRESSION_EXIT))
 }
+
+fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for t in raw {
+        let Some((name, url)) = t
+            .split_once('=')
+            .filter(|(n, u)| !n.is_empty() && !u.is_empty())
+        else {
+            bail!("--target '{t}': expected NAME=URL, e.g. --target vllm=http://127.0.0.1:8000");
+        };
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("--target: the name '{name}' is used twice");
+        }
+        out.push((name.to_owned(), crate::config::normalize_base_url(url)?));
+    }
+    Ok(out)
+}
+
+fn with_suffix(p: &Path, name: &str) -> PathBuf {
+    let stem = p
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let file = match p.extension() {
+        Some(ext) => format!("{stem}-{name}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{name}"),
+    };
+    p.with_file_name(file)
+}
+
+/// `throtl bench --target A=URL --target B=URL …`: the same workload (same
+/// prompts, same seed) against each target in turn, stored as one group, then
+/// compared (the first target is the baseline).
+pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
+    let targets = parse_targets(&args.targets)?;
+    let create = |p: &Option<PathBuf>| -> Result<Option<(PathBuf, std::fs::File)>> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::File::create(p)
+                    .map(|f| (p.clone(), f))
+                    .with_context(|| format!("cannot write '{}'", p.display()))
+            })
+            .transpose()
+    };
+    // The combined reports are created before any load, like every output.
+    let combined = [
+        (create(&args.results.html)?, Format::Html),
+        (create(&args.results.markdown)?, Format::Markdown),
+        (create(&args.results.csv)?, Format::Csv),
+    ];
+    let rt = super::runtime(args.threads)?;
+    let group = format!("group-{}", unix_ms());
+    let runs = rt.block_on(async {
+        let mut runs = Vec::new();
+        for (name, url) in &targets {
+            let model = match &args.model {
+                Some(m) => m.clone(),
+                None => crate::discover::first_model(url).await?,
+            };
+            let mut cfg = args.to_config_for(url, model)?;
+            cfg.json_out = cfg.json_out.map(|p| with_suffix(&p, name));
+            cfg.records_out = cfg.records_out.map(|p| with_suffix(&p, name));
+            cfg.results.html_out = None;
+            cfg.results.markdown_out = None;
+            cfg.results.csv_out = None;
+            cfg.results.group = Some(group.clone());
+            eprintln!("== target {name}: {url}");
+            let run = crate::run_bench_stored_with_interrupt(&cfg).await?;
+            super::finish_report(&run.report, &cfg)?;
+            let interrupted = run.report.status == crate::report::RunStatus::Interrupted;
+            runs.push((name.clone(), RunData::from(run)));
+            if interrupted {
+                break;
+            }
+        }
+        anyhow::Ok(runs)
+    })?;
+    let mut s = String::from("\n== comparison (baseline: the first target)\n");
+    for (i, (name, r)) in runs.iter().enumerate() {
+        s.push_str(&format!("#{} = {name} ({})\n", i + 1, r.report.run_id));
+    }
+    let data: Vec<RunData> = runs.into_iter().map(|(_, r)| r).collect();
+    if data.len() > 1 {
+        s.push_str(&text::compare_console(&data));
+    }
+    print_stdout(&s);
+    for (out, format) in combined {
+        if let Some((path, mut file)) = out {
+            use std::io::Write;
+            file.write_all(&render(&data, format))
+                .with_context(|| format!("cannot write '{}'", path.display()))?;
+        }
+    }
+    let interrupted = data
+        .iter()
+        .any(|r| r.report.status == crate::report::RunStatus::Interrupted);
+    Ok(if interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

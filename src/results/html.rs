@@ -45,14 +45,14 @@ fn nice_max(v: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 100.0 || v == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
+/// A tick label with enough decimals to tell ticks `step` apart.
+fn fmt_tick(v: f64, step: f64) -> String {
+    let decimals = if step > 0.0 && step.is_finite() {
+        (1.0 - step.log10().floor()).clamp(0.0, 4.0) as usize
     } else {
-        format!("{v:.2}")
-    }
+        0
+    };
+    format!("{v:.decimals$}")
 }
 
 /// An SVG line chart with axes, ticks and a legend.
@@ -87,9 +87,9 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
             W - PAD_R,
             PAD_L - 4.0,
             gy + 4.0,
-            fmt_tick(f * y1),
+            fmt_tick(f * y1, y1 / 4.0),
             H - PAD_B + 14.0,
-            fmt_tick(x0 + f * (x1 - x0)),
+            fmt_tick(x0 + f * (x1 - x0), (x1 - x0) / 4.0),
         );
     }
     let _ = write!(
