@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Benchmark a server: stream requests and measure TTFT, ITL, TPOT, throughput.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Run the built-in simulated OpenAI-compatible server.
     Mock(MockArgs),
     /// Run a short benchmark against the built-in simulator and show the result.
