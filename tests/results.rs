@@ -57,6 +57,20 @@ fn issue7_stored_run_re_renders_to_the_identical_json_report() {
     let mut again = serde_json::to_string_pretty(&run.report).unwrap();
     again.push('\n');
     assert_eq!(again, std::fs::read_to_string(&json).unwrap());
+    // The summary with its cost section still matches the published schema.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert!(value["cost"]["usd_per_request"].as_f64().unwrap() > 0.0);
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
     // Samples: one per measured request; histograms decode to the same counts.
     assert_eq!(run.samples.len(), 40);
     assert!(run.samples.iter().all(|s| s.ttft_ms.unwrap() >= 5.0));

@@ -157,3 +157,29 @@ fn gpu_cost(per_hour: f64, r: &RunReport) -> Option<Cost> {
         usd_per_request: per_s / t.requests_per_s,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn price_files_parse_and_bad_ones_explain_the_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("p.yaml");
+        std::fs::write(
+            &good,
+            "as_of: 2025-01-01\nmodels:\n  m: {input_per_1m: 1.0, output_per_1m: 2.0}\n",
+        )
+        .unwrap();
+        let t = PriceTable::load(&good).unwrap();
+        assert_eq!(t.models["m"].output_per_1m, 2.0);
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "models: [1, 2]\n").unwrap();
+        let err = PriceTable::load(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("--price-file") && err.contains("input_per_1m"),
+            "{err}"
+        );
+        assert_eq!(PriceTable::builtin().as_of, BUILTIN_AS_OF);
+    }
+}
