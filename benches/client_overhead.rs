@@ -75,6 +75,7 @@ fn config(url: &str, concurrency: u32, requests: u64) -> BenchConfig {
         api_key_env: None,
         api_options: Default::default(),
         workload: Default::default(),
+        results: Default::default(),
     }
 }
 

@@ -17,10 +17,14 @@ use crate::engine::tokenizer::Tokenizer;
 use crate::engine::workload::{self, SyntheticSpec, TokenLengths, Workload};
 use crate::engine::{self, Controls, LoadPlan, LoadShape, StopCondition};
 use crate::progress::{Progress, ProgressInputs};
+use crate::report::samples::RequestSample;
 use crate::report::RunReport;
+use crate::results::{Format, RunData};
 use crate::scrape::recorder::Recorder;
 use crate::stats::aggregator::RecordsOut;
-use crate::stats::{Aggregator, Snapshot};
+use crate::stats::{Aggregator, Snapshot, Stats};
+use crate::store::runs::StoredRun;
+use crate::store::Store;
 use crate::summary;
 
 /// How often the target's `/metrics` is scraped during a run.
@@ -48,6 +52,9 @@ pub enum BenchError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The history store could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Internal failure (threads, runtime).
     #[error("internal error: {0}")]
     Internal(String),
@@ -57,6 +64,10 @@ pub enum BenchError {
 pub struct Outputs {
     json: Option<(PathBuf, File)>,
     records: Option<(PathBuf, File)>,
+    store: Option<Store>,
+    html: Option<(PathBuf, File)>,
+    markdown: Option<(PathBuf, File)>,
+    csv: Option<(PathBuf, File)>,
 }
 
 fn create(path: &Path) -> Result<(PathBuf, File), BenchError> {
@@ -74,22 +85,71 @@ impl Outputs {
         Ok(Self {
             json: cfg.json_out.as_deref().map(create).transpose()?,
             records: cfg.records_out.as_deref().map(create).transpose()?,
+            store: cfg.results.db.as_deref().map(Store::open).transpose()?,
+            html: cfg.results.html_out.as_deref().map(create).transpose()?,
+            markdown: cfg
+                .results
+                .markdown_out
+                .as_deref()
+                .map(create)
+                .transpose()?,
+            csv: cfg.results.csv_out.as_deref().map(create).transpose()?,
         })
+    }
+
+    fn want_samples(&self) -> bool {
+        self.store.is_some() || self.html.is_some() || self.markdown.is_some() || self.csv.is_some()
+    }
+
+    /// Stores the run and writes the report files.
+    fn finish(&mut self, run: &StoredRun) -> Result<(), BenchError> {
+        if let Some(store) = self.store.as_mut() {
+            store.insert_run(run)?;
+        }
+        let data = [RunData::from(run.clone())];
+        let files = [
+            (self.html.take(), Format::Html),
+            (self.markdown.take(), Format::Markdown),
+            (self.csv.take(), Format::Csv),
+        ];
+        for (out, format) in files {
+            if let Some((path, mut file)) = out {
+                let bytes = crate::results::render(&data, format);
+                file.write_all(&bytes)
+                    .map_err(|source| BenchError::Output { path, source })?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// Runs a whole bench: validate, open outputs, probe, measure, report, write.
 pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
+    run_full(cfg, controls).await.map(|r| r.report)
+}
+
+/// Like [`run`], returning the report with its samples and histograms.
+pub async fn run_full(cfg: &BenchConfig, controls: Controls) -> Result<StoredRun, BenchError> {
     cfg.validate()?;
     let mut outputs = Outputs::open(cfg)?;
     let workload = build_workload(cfg)?;
     preflight(&build_client()?, &cfg.url).await?;
     let transport = Arc::new(build_transport(cfg)?);
-    let report = measure(cfg, transport, controls, outputs.records.take(), workload).await?;
+    let collect = outputs.want_samples();
+    let (mut report, stats, samples) =
+        measure(cfg, transport, controls, outputs.records.take(), workload, collect).await?;
+    report.cost = cfg.results.cost.price(&report);
     if let Some((path, file)) = outputs.json.take() {
         write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
     }
-    Ok(report)
+    let run = StoredRun {
+        histograms: stats.histograms(),
+        report,
+        samples,
+        group: cfg.results.group.clone(),
+    };
+    outputs.finish(&run)?;
+    Ok(run)
 }
 
 async fn measure(
@@ -98,7 +158,8 @@ async fn measure(
     controls: Controls,
     records: Option<(PathBuf, File)>,
     workload: Workload,
-) -> Result<RunReport, BenchError> {
+    collect: bool,
+) -> Result<(RunReport, Stats, Vec<RequestSample>), BenchError> {
     let started_wall = time::OffsetDateTime::now_utc();
     let origin = Instant::now();
     let cpu_before = crate::sys::cpu_time();
@@ -113,8 +174,15 @@ async fn measure(
         slos: cfg.workload.slos.clone(),
         ..Default::default()
     };
-    let aggregator = Aggregator::start_with(rx, cfg.input_tokens, records_out, snap_tx, initial)
-        .map_err(|e| BenchError::Internal(e.to_string()))?;
+    let aggregator = Aggregator::start_with(
+        rx,
+        cfg.input_tokens,
+        records_out,
+        snap_tx,
+        initial,
+        collect.then_some(origin),
+    )
+    .map_err(|e| BenchError::Internal(e.to_string()))?;
     let (server_tx, server_rx) = watch::channel(None);
     let recorder = Recorder::start(&cfg.url, SERVER_SCRAPE_EVERY, origin, server_tx).ok();
     let inputs = ProgressInputs {
@@ -140,7 +208,7 @@ async fn measure(
         ramp_up: cfg.workload.ramp_up,
     });
     let outcome = engine::run(transport, plan, tx, controls).await;
-    let stats = aggregator.finish().map_err(|source| BenchError::Output {
+    let (stats, samples) = aggregator.finish_with_samples().map_err(|source| BenchError::Output {
         path: cfg.records_out.clone().unwrap_or_default(),
         source,
     })?;
@@ -153,7 +221,7 @@ async fn measure(
     let mut report = summary::build(cfg, &stats, &outcome, started_wall, cpu);
     summary::add_workload(&mut report, cfg, &stats, distinct);
     report.server_metrics = server_metrics;
-    Ok(report)
+    Ok((report, stats, samples))
 }
 
 /// Most distinct prompts pre-built for one run; later requests reuse them.

@@ -20,7 +20,9 @@ use crate::sim::faults::FaultConfig;
 use crate::sim::{EngineFlavor, SimConfig};
 
 mod monitor;
+mod results;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
+pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
@@ -57,7 +59,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Benchmark a server: stream requests and measure TTFT, ITL, TPOT, throughput.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Run the built-in simulated server (vLLM by default; --engine picks another engine or API).
     Mock(MockArgs),
     /// Run a short benchmark against the built-in simulator and show the result.
@@ -72,6 +74,12 @@ pub enum Command {
     Sweep(crate::cli_workload::SweepArgs),
     /// Write a commented example config file for --config.
     Init(crate::cli_workload::InitArgs),
+    /// List, show, export, delete and prune stored bench runs.
+    Runs(RunsArgs),
+    /// Render stored runs (or JSON files) as HTML, Markdown or CSV.
+    Report(ReportArgs),
+    /// Compare runs with confidence intervals and significance tests; gate regressions.
+    Compare(CompareArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -173,8 +181,21 @@ pub struct ProbeArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Server base URL (a trailing /v1 is accepted).
-    #[arg(long, env = "THROTL_URL", help_heading = "Target")]
-    pub url: String,
+    #[arg(
+        long,
+        env = "THROTL_URL",
+        required_unless_present = "targets",
+        help_heading = "Target"
+    )]
+    pub url: Option<String>,
+    /// Several targets, benched one after another with the same workload and compared: NAME=URL, repeated.
+    #[arg(
+        long = "target",
+        value_name = "NAME=URL",
+        conflicts_with = "url",
+        help_heading = "Target"
+    )]
+    pub targets: Vec<String>,
     /// Model name to request [default: the first model listed by /v1/models].
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,
@@ -243,6 +264,10 @@ pub struct BenchArgs {
     /// Print nothing but the final result.
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+
+    /// History, reports and cost.
+    #[command(flatten)]
+    pub results: ResultArgs,
 
     /// Runtime worker threads [default: number of CPUs].
     #[arg(long, help_heading = "Client")]
@@ -398,23 +423,40 @@ impl BenchArgs {
 
     /// Converts flags into a validated config with the resolved protocol.
     pub fn to_config_with(&self, model: String, api: ApiKind) -> Result<BenchConfig> {
+        let url = self
+            .url
+            .as_deref()
+            .context("--url is required (or --target NAME=URL)")?;
+        self.to_config_for(url, model, api)
+    }
+
+    /// Like [`BenchArgs::to_config_with`], for the target at `url`.
+    pub fn to_config_for(&self, url: &str, model: String, api: ApiKind) -> Result<BenchConfig> {
         if self.concurrency.len() != 1 {
             anyhow::bail!("--concurrency takes one value in bench; to try several, run: throtl sweep --concurrency {}", self.concurrency.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
         }
-        let cfg = self.to_config_unchecked(model, api)?;
+        let cfg = self.to_config_unchecked_for(url, model, api)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Converts flags into a config without validating it (sweep sets the level first).
     pub fn to_config_unchecked(&self, model: String, api: ApiKind) -> Result<BenchConfig> {
+        let url = self
+            .url
+            .as_deref()
+            .context("--url is required (or --target NAME=URL)")?;
+        self.to_config_unchecked_for(url, model, api)
+    }
+
+    fn to_config_unchecked_for(&self, url: &str, model: String, api: ApiKind) -> Result<BenchConfig> {
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),
             (None, None) => StopCondition::Requests(100),
         };
         let cfg = BenchConfig {
-            url: normalize_base_url(&self.url)?,
+            url: normalize_base_url(url)?,
             model,
             api,
             concurrency: self.concurrency.first().copied().unwrap_or(1),
@@ -437,6 +479,7 @@ impl BenchArgs {
             workload: self
                 .shape
                 .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
+            results: self.results.to_options()?,
         };
         Ok(self.shape.apply_to(cfg))
     }
@@ -510,6 +553,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => run_demo(&args),
         Command::Monitor(args) => monitor::run_monitor(&args),
         Command::History(args) => monitor::run_history(&args),
+        Command::Runs(args) => results::run_runs(&args),
+        Command::Report(args) => results::run_report(&args),
+        Command::Compare(args) => results::run_compare(&args),
         Command::Probe(args) => run_probe(&args),
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
@@ -533,7 +579,7 @@ fn run_probe(args: &ProbeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
@@ -549,6 +595,9 @@ pub(crate) fn runtime_for(threads: Option<usize>) -> Result<tokio::runtime::Runt
 }
 
 fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
+    if !args.targets.is_empty() {
+        return results::run_multi(args);
+    }
     let rt = runtime(args.threads)?;
     rt.block_on(async {
         let (api, model) = resolve_target(args).await?;
@@ -561,7 +610,7 @@ fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
 /// The protocol (`--api auto` probes the server and says what it picked)
 /// and the model (`--model`, else the first one the server lists).
 pub(crate) async fn resolve_target(args: &BenchArgs) -> Result<(ApiKind, String)> {
-    let base = normalize_base_url(&args.url)?;
+    let base = normalize_base_url(args.url.as_deref().unwrap_or_default())?;
     let headers = parse_headers(&args.headers)?;
     let (api, probed) = match args.api.kind() {
         Some(k) => (k, None),
@@ -581,8 +630,19 @@ pub(crate) async fn resolve_target(args: &BenchArgs) -> Result<(ApiKind, String)
     Ok((api, model))
 }
 
-fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<ExitCode> {
+pub(crate) fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<ExitCode> {
     print_stdout(&crate::report::console::render(report));
+    if let Some(c) = &report.cost {
+        print_stdout(&format!(
+            "Cost ({}): ${:.4} per 1M output tokens, ${:.6} per request\n",
+            c.basis, c.usd_per_1m_output_tokens, c.usd_per_request
+        ));
+    }
+    if cfg.progress != ProgressMode::Quiet {
+        if let Some(db) = &cfg.results.db {
+            eprintln!("run {} stored in {}", report.run_id, db.display());
+        }
+    }
     if let (Some(p), false) = (&cfg.json_out, cfg.progress == ProgressMode::Quiet) {
         eprintln!("JSON summary written to {}", p.display());
     }

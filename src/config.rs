@@ -74,6 +74,8 @@ pub struct BenchConfig {
     pub api_options: ApiOptions,
     /// Load shape, workload and SLOs beyond the closed-loop basics.
     pub workload: WorkloadOptions,
+    /// Run history, report files and cost (see docs/results.md).
+    pub results: ResultOptions,
 }
 
 /// Extra request headers (`-H`) and protocol options (`--api-version`).
@@ -205,6 +207,23 @@ impl WorkloadOptions {
         }
         Ok(())
     }
+}
+
+/// Where a bench run is kept and rendered besides `--json`, and how it is priced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResultOptions {
+    /// History database to store the run in; `None` with `--no-store`.
+    pub db: Option<PathBuf>,
+    /// Self-contained HTML report.
+    pub html_out: Option<PathBuf>,
+    /// Markdown summary.
+    pub markdown_out: Option<PathBuf>,
+    /// CSV summary.
+    pub csv_out: Option<PathBuf>,
+    /// Pricing of the run.
+    pub cost: crate::results::cost::CostModel,
+    /// Comparison group the stored run belongs to (multi-target bench).
+    pub group: Option<String>,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

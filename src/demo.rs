@@ -51,6 +51,7 @@ pub async fn run(
         api_key_env: None,
         api_options: Default::default(),
         workload: Default::default(),
+        results: Default::default(),
     };
     let report = crate::run_bench_with_interrupt(&cfg).await?;
     drop(server);

@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod probe;
 pub mod progress;
 pub mod report;
+pub mod results;
 pub mod scrape;
 pub mod sim;
 pub mod slo;
@@ -40,13 +41,20 @@ use report::RunReport;
 /// gives in-flight ones `cfg.grace` to finish; a second one (or the grace
 /// expiring) cancels them. The report is then marked interrupted.
 pub async fn run_bench_with_interrupt(cfg: &BenchConfig) -> Result<RunReport, BenchError> {
+    run_bench_stored_with_interrupt(cfg).await.map(|r| r.report)
+}
+
+/// Like [`run_bench_with_interrupt`], with the run's samples and histograms.
+pub async fn run_bench_stored_with_interrupt(
+    cfg: &BenchConfig,
+) -> Result<store::runs::StoredRun, BenchError> {
     let controls = Controls::default();
     let watcher = tokio::spawn(watch_interrupts(
         controls.clone(),
         cfg.grace,
         cfg.progress != ProgressMode::Quiet,
     ));
-    let result = bench::run(cfg, controls).await;
+    let result = bench::run_full(cfg, controls).await;
     watcher.abort();
     result
 }

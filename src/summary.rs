@@ -92,6 +92,7 @@ pub fn build(
         workload: None,
         slo: None,
         timeseries: Vec::new(),
+        cost: None,
     };
     report.warnings = warnings(&report);
     report

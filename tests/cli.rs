@@ -16,7 +16,17 @@ fn issue2_refused_url_exits_nonzero_naming_the_url() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let out = Command::new(common::bin())
-        .args(["bench", "--url", &url, "--model", "m", "-n", "1", "-q"])
+        .args([
+            "bench",
+            "--url",
+            &url,
+            "--model",
+            "m",
+            "-n",
+            "1",
+            "-q",
+            "--no-store",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -55,6 +65,7 @@ fn issue2_ctrl_c_saves_interrupted_results_and_exits_130() {
     let child = Command::new(common::bin())
         .args([
             "bench",
+            "--no-store",
             "--url",
             &server.url(),
             "-c",

@@ -43,6 +43,7 @@ fn config(url: String, api: ApiKind, model: &str) -> BenchConfig {
         api_key_env: None,
         api_options: ApiOptions::default(),
         workload: Default::default(),
+        results: Default::default(),
     }
 }
 

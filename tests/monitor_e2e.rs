@@ -47,6 +47,7 @@ fn bench_config(url: String) -> BenchConfig {
         api_key_env: None,
         api_options: Default::default(),
         workload: Default::default(),
+        results: Default::default(),
     }
 }
 

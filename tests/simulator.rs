@@ -33,6 +33,7 @@ fn bench_cfg(url: String, concurrency: u32, requests: u64, input: u32, output: u
         api_key_env: None,
         api_options: Default::default(),
         workload: Default::default(),
+        results: Default::default(),
     }
 }
 

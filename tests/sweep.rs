@@ -62,6 +62,7 @@ fn base(url: String, json: Option<std::path::PathBuf>) -> BenchConfig {
         grace: Duration::from_secs(1),
         api_key_env: None,
         api_options: Default::default(),
+        results: Default::default(),
         workload: WorkloadOptions {
             slos: vec![Slo::parse("ttft=65ms").unwrap()],
             slo_percentile: 90.0,

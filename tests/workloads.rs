@@ -39,6 +39,7 @@ fn base(url: String) -> BenchConfig {
         grace: Duration::from_secs(1),
         api_key_env: None,
         api_options: Default::default(),
+        results: Default::default(),
         workload: WorkloadOptions::default(),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod console;
 pub mod records;
+pub mod samples;
 
 use std::collections::BTreeMap;
 
@@ -78,6 +79,9 @@ pub struct RunReport {
     /// One point per second of the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeseries: Vec<crate::stats::series::SeriesPoint>,
+    /// Cost from `--gpu-cost-per-hour` or a price table (absent when not priced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::results::cost::Cost>,
 }
 
 /// The schedule of a run: offered vs. achieved rates and how every measured

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::{LatencyHistogram, Stats};
 use crate::engine::record::RequestRecord;
 use crate::report::records::RecordLine;
+use crate::report::samples::RequestSample;
 
 /// How often a snapshot is published at most.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
@@ -140,7 +141,7 @@ impl Snapshot {
 
 /// A running aggregator thread.
 pub struct Aggregator {
-    thread: JoinHandle<std::io::Result<Stats>>,
+    thread: JoinHandle<std::io::Result<(Stats, Vec<RequestSample>)>>,
 }
 
 /// Where per-request lines go, with the run's time origin.
@@ -159,28 +160,25 @@ impl Aggregator {
         records: Option<RecordsOut>,
         snapshots: watch::Sender<Arc<Snapshot>>,
     ) -> std::io::Result<Self> {
-        Self::start_with(
-            rx,
-            requested_input_tokens,
-            records,
-            snapshots,
-            Stats::default(),
-        )
+        Self::start_with(rx, requested_input_tokens, records, snapshots, Stats::default(), None)
     }
 
     /// Like [`Aggregator::start`], folding records into `initial` (which may
-    /// carry a time-series origin and SLOs).
+    /// carry a time-series origin and SLOs), and, with `samples_origin`, also
+    /// keeping one compact [`RequestSample`] per measured request timed from it.
     pub fn start_with(
         rx: Receiver<RequestRecord>,
         requested_input_tokens: u32,
         mut records: Option<RecordsOut>,
         snapshots: watch::Sender<Arc<Snapshot>>,
         initial: Stats,
+        samples_origin: Option<Instant>,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("throtl-aggregator".into())
             .spawn(move || {
                 let mut stats = initial;
+                let mut samples = Vec::new();
                 let mut rolling = Rolling::new();
                 let mut last = Instant::now();
                 loop {
@@ -188,6 +186,9 @@ impl Aggregator {
                         Ok(r) => {
                             stats.ingest(&r, requested_input_tokens);
                             rolling.ingest(&r);
+                            if let Some(origin) = samples_origin {
+                                samples.extend(RequestSample::from_record(&r, origin));
+                            }
                             if let Some(out) = records.as_mut() {
                                 write_record(out, &r)?;
                             }
@@ -205,13 +206,19 @@ impl Aggregator {
                     out.writer.flush()?;
                 }
                 let _ = snapshots.send(Arc::new(Snapshot::of(&stats, &rolling)));
-                Ok(stats)
+                Ok((stats, samples))
             })?;
         Ok(Self { thread })
     }
 
     /// Waits for the channel to close and returns the final statistics.
     pub fn finish(self) -> std::io::Result<Stats> {
+        self.finish_with_samples().map(|(s, _)| s)
+    }
+
+    /// Like [`Aggregator::finish`], with the samples kept by
+    /// [`Aggregator::start_with`] (empty otherwise).
+    pub fn finish_with_samples(self) -> std::io::Result<(Stats, Vec<RequestSample>)> {
         self.thread
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("aggregator thread panicked")))

@@ -201,6 +201,19 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// The latency histograms by name, for storage (values in µs).
+    pub fn histograms(&self) -> Vec<(String, hdrhistogram::Histogram<u64>)> {
+        [
+            ("e2e", &self.e2e),
+            ("itl", &self.itl),
+            ("tpot", &self.tpot),
+            ("ttft", &self.ttft),
+        ]
+        .into_iter()
+        .map(|(n, h)| (n.to_owned(), h.inner().clone()))
+        .collect()
+    }
+
     /// Failed measured requests (all classes but cancellation).
     pub fn failed(&self) -> u64 {
         self.errors.values().sum()

@@ -5,6 +5,8 @@
 //! `alerts` (firing / resolved events). Later schema versions add tables
 //! (bench `runs`, `requests`) by appending to [`MIGRATIONS`].
 
+pub mod runs;
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection};
@@ -35,6 +37,8 @@ pub const MIGRATIONS: &[&str] = &[
         message  TEXT NOT NULL
     );
     CREATE INDEX alerts_by_time ON alerts(ts_ms);",
+    // v3: bench runs, their HDR histograms and compact per-request samples.
+    runs::MIGRATION_V3,
 ];
 
 /// Errors of the history store.
@@ -59,7 +63,9 @@ pub enum StoreError {
         known: i64,
     },
     /// The directory of the database could not be created.
-    #[error("cannot create '{path}': {source}")]
+    #[error(
+        "cannot create '{path}' for the history database: {source}. Choose another file with --db"
+    )]
     Dir {
         /// Directory.
         path: PathBuf,
@@ -69,6 +75,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("history database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A stored value could not be encoded or decoded.
+    #[error("history database: stored run data is unreadable ({0})")]
+    Corrupt(String),
 }
 
 /// The default database path: `$XDG_DATA_HOME/throtl/throtl.db`, else
