@@ -136,8 +136,15 @@ pub async fn run_full(cfg: &BenchConfig, controls: Controls) -> Result<StoredRun
     preflight(&build_client()?, &cfg.url).await?;
     let transport = Arc::new(build_transport(cfg)?);
     let collect = outputs.want_samples();
-    let (mut report, stats, samples) =
-        measure(cfg, transport, controls, outputs.records.take(), workload, collect).await?;
+    let (mut report, stats, samples) = measure(
+        cfg,
+        transport,
+        controls,
+        outputs.records.take(),
+        workload,
+        collect,
+    )
+    .await?;
     report.cost = cfg.results.cost.price(&report);
     if let Some((path, file)) = outputs.json.take() {
         write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
@@ -208,10 +215,13 @@ async fn measure(
         ramp_up: cfg.workload.ramp_up,
     });
     let outcome = engine::run(transport, plan, tx, controls).await;
-    let (stats, samples) = aggregator.finish_with_samples().map_err(|source| BenchError::Output {
-        path: cfg.records_out.clone().unwrap_or_default(),
-        source,
-    })?;
+    let (stats, samples) =
+        aggregator
+            .finish_with_samples()
+            .map_err(|source| BenchError::Output {
+                path: cfg.records_out.clone().unwrap_or_default(),
+                source,
+            })?;
     progress.finish();
     let server_metrics = recorder.and_then(Recorder::finish);
     let cpu = match (cpu_before, crate::sys::cpu_time()) {

@@ -71,7 +71,7 @@ pub enum Command {
     /// Identify a server: engine, version, models, health, /metrics, and the --api bench would use.
     Probe(ProbeArgs),
     /// Run a bench at each of several concurrencies or rates; find the knee and the SLO limit.
-    Sweep(crate::cli_workload::SweepArgs),
+    Sweep(Box<crate::cli_workload::SweepArgs>),
     /// Write a commented example config file for --config.
     Init(crate::cli_workload::InitArgs),
     /// List, show, export, delete and prune stored bench runs.
@@ -449,7 +449,12 @@ impl BenchArgs {
         self.to_config_unchecked_for(url, model, api)
     }
 
-    fn to_config_unchecked_for(&self, url: &str, model: String, api: ApiKind) -> Result<BenchConfig> {
+    fn to_config_unchecked_for(
+        &self,
+        url: &str,
+        model: String,
+        api: ApiKind,
+    ) -> Result<BenchConfig> {
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),
@@ -540,7 +545,6 @@ impl MockArgs {
             faults: self.fault_config(),
             gpu_metrics: self.engine_model.gpu_metrics,
             engine: self.engine.into(),
-            ..defaults
         })
     }
 }
@@ -686,7 +690,11 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
         None => format!("fixed delays: ttft {:?}, itl {:?}", cfg.ttft, cfg.itl),
     };
     let handle = crate::sim::start(cfg)?;
-    eprintln!("throtl mock ({:?}) listening on {} ({what}); Ctrl-C to stop", args.engine, handle.url());
+    eprintln!(
+        "throtl mock ({:?}) listening on {} ({what}); Ctrl-C to stop",
+        args.engine,
+        handle.url()
+    );
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
     rt.block_on(async { tokio::signal::ctrl_c().await })
@@ -717,7 +725,9 @@ mod tests {
     fn mock(args: &[&str]) -> MockArgs {
         let mut v = vec!["throtl", "mock"];
         v.extend_from_slice(args);
-        let Command::Mock(m) = Cli::try_parse_from(v).unwrap().command else { panic!("mock") };
+        let Command::Mock(m) = Cli::try_parse_from(v).unwrap().command else {
+            panic!("mock")
+        };
         m
     }
 
@@ -728,13 +738,38 @@ mod tests {
         assert!(e.chunked_prefill && !e.prefix_caching);
         let f = mock(&["--ttft", "50ms"]).to_config().unwrap();
         assert!(f.engine_model.is_none());
-        assert_eq!((f.ttft, f.itl), (Duration::from_millis(50), Duration::from_millis(20)));
-        assert!(Cli::try_parse_from(["throtl", "mock", "--itl", "5ms", "--kv-blocks", "10"]).is_err());
-        let k = mock(&["--profile", "llama3-70b-4xh100", "--kv-blocks", "99", "--chunked-prefill", "false", "--enable-prefix-caching", "--stall", "1s@0.5", "--seed", "3"]).to_config().unwrap();
+        assert_eq!(
+            (f.ttft, f.itl),
+            (Duration::from_millis(50), Duration::from_millis(20))
+        );
+        assert!(
+            Cli::try_parse_from(["throtl", "mock", "--itl", "5ms", "--kv-blocks", "10"]).is_err()
+        );
+        let k = mock(&[
+            "--profile",
+            "llama3-70b-4xh100",
+            "--kv-blocks",
+            "99",
+            "--chunked-prefill",
+            "false",
+            "--enable-prefix-caching",
+            "--stall",
+            "1s@0.5",
+            "--seed",
+            "3",
+        ])
+        .to_config()
+        .unwrap();
         let s = k.engine_model.unwrap().sched();
-        assert_eq!((s.kv_blocks, s.chunked_prefill, s.prefix_caching), (99, false, true));
+        assert_eq!(
+            (s.kv_blocks, s.chunked_prefill, s.prefix_caching),
+            (99, false, true)
+        );
         assert_eq!(k.faults.stall.unwrap().probability, 0.5);
-        let err = mock(&["--profile", "nope"]).to_config().unwrap_err().to_string();
+        let err = mock(&["--profile", "nope"])
+            .to_config()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown profile 'nope'"), "{err}");
     }
 

@@ -127,8 +127,12 @@ async fn issue2_metrics_count_what_was_served() {
         "{text}"
     );
     assert!(text.contains("vllm:generation_tokens_total{engine=\"0\",model_name=\"throtl-sim\"} 6"));
-    assert!(text.contains("vllm:time_to_first_token_seconds_count{engine=\"0\",model_name=\"throtl-sim\"} 3"));
-    assert!(text.contains("vllm:e2e_request_latency_seconds_count{engine=\"0\",model_name=\"throtl-sim\"} 3"));
+    assert!(text.contains(
+        "vllm:time_to_first_token_seconds_count{engine=\"0\",model_name=\"throtl-sim\"} 3"
+    ));
+    assert!(text.contains(
+        "vllm:e2e_request_latency_seconds_count{engine=\"0\",model_name=\"throtl-sim\"} 3"
+    ));
     let health = reqwest::get(format!("{}/health", server.url()))
         .await
         .unwrap();

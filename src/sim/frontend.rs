@@ -67,7 +67,9 @@ pub(crate) fn word_ids(v: &Value) -> Vec<u64> {
 
 /// FNV-1a of a word.
 fn word_id(w: &str) -> u64 {
-    w.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    w.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Seconds since the Unix epoch.

@@ -22,7 +22,10 @@ const LLAMACPP_BUILD: &str = "b6700-3df2244d";
 /// Whether the imitated engine serves Prometheus `/metrics` (Ollama and the
 /// hosted APIs do not).
 pub(super) fn serves_metrics(f: EngineFlavor) -> bool {
-    matches!(f, EngineFlavor::Vllm | EngineFlavor::Sglang | EngineFlavor::Llamacpp | EngineFlavor::Tgi)
+    matches!(
+        f,
+        EngineFlavor::Vllm | EngineFlavor::Sglang | EngineFlavor::Llamacpp | EngineFlavor::Tgi
+    )
 }
 
 /// Adds the engine's identification and health routes.

@@ -13,10 +13,10 @@
 //!
 //! Either can be wrapped in seeded fault injection ([`faults`]).
 
-pub mod engine;
-pub mod faults;
 mod anthropic;
 mod cohere;
+pub mod engine;
+pub mod faults;
 mod frontend;
 mod gemini;
 mod info;
@@ -195,16 +195,38 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .enable_all()
         .build()?;
     let timer = PreciseTimer::start()?;
-    let gpu = cfg.engine_model.as_ref().filter(|_| cfg.gpu_metrics).map(EngineConfig::gpu_info);
+    let gpu = cfg
+        .engine_model
+        .as_ref()
+        .filter(|_| cfg.gpu_metrics)
+        .map(EngineConfig::gpu_info);
     let metrics = Arc::new(SimMetrics::new(cfg.engine, cfg.engine_model.is_some(), gpu));
     let mut model: Box<dyn EngineModel> = match &cfg.engine_model {
-        Some(e) => Box::new(BatchEngine::start(e, &runtime, timer.clone(), Arc::clone(&metrics))),
-        None => Box::new(FixedDelay { ttft: cfg.ttft, itl: cfg.itl, timer: timer.clone() }),
+        Some(e) => Box::new(BatchEngine::start(
+            e,
+            &runtime,
+            timer.clone(),
+            Arc::clone(&metrics),
+        )),
+        None => Box::new(FixedDelay {
+            ttft: cfg.ttft,
+            itl: cfg.itl,
+            timer: timer.clone(),
+        }),
     };
     if cfg.faults.is_active() {
-        model = Box::new(FaultyModel::new(model, cfg.faults.clone(), timer, Arc::clone(&metrics)));
+        model = Box::new(FaultyModel::new(
+            model,
+            cfg.faults.clone(),
+            timer,
+            Arc::clone(&metrics),
+        ));
     }
-    let state = Arc::new(SimState { cfg, metrics, model });
+    let state = Arc::new(SimState {
+        cfg,
+        metrics,
+        model,
+    });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("throtl-sim-main".into())
@@ -259,10 +281,20 @@ fn router(state: Arc<SimState>) -> Router {
     .with_state(state)
 }
 
-async fn metrics_text(axum::extract::State(st): axum::extract::State<Arc<SimState>>) -> axum::response::Response {
+async fn metrics_text(
+    axum::extract::State(st): axum::extract::State<Arc<SimState>>,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     if !st.metrics.served() {
-        return (axum::http::StatusCode::NOT_FOUND, "this engine serves no /metrics").into_response();
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            "this engine serves no /metrics",
+        )
+            .into_response();
     }
-    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], st.metrics.render(&st.cfg.model)).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        st.metrics.render(&st.cfg.model),
+    )
+        .into_response()
 }

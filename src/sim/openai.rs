@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::frontend::{
-    count_words, new_id, respond, word_ids, u32_or, unix_now, Outcome, SimRequest, StreamFormat,
+    count_words, new_id, respond, u32_or, unix_now, word_ids, Outcome, SimRequest, StreamFormat,
 };
 use super::{EngineFlavor, SimState};
 

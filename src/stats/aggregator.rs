@@ -160,7 +160,14 @@ impl Aggregator {
         records: Option<RecordsOut>,
         snapshots: watch::Sender<Arc<Snapshot>>,
     ) -> std::io::Result<Self> {
-        Self::start_with(rx, requested_input_tokens, records, snapshots, Stats::default(), None)
+        Self::start_with(
+            rx,
+            requested_input_tokens,
+            records,
+            snapshots,
+            Stats::default(),
+            None,
+        )
     }
 
     /// Like [`Aggregator::start`], folding records into `initial` (which may

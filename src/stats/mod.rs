@@ -2,8 +2,8 @@
 
 pub mod aggregator;
 mod histogram;
-pub mod server;
 pub mod series;
+pub mod server;
 
 pub use aggregator::{Aggregator, Snapshot};
 pub use histogram::{Distribution, LatencyHistogram};
