@@ -103,13 +103,15 @@ fn zero_delay_cost(concurrency: u32, requests: u64) {
     );
 }
 
-fn fidelity_at(concurrency: u32, requests: u64) {
+fn fidelity_at(concurrency: u32, requests: u64, ramp_up: Duration) {
     let m = mock("100ms", "20ms", "2");
-    let r = run_one_core(&config(&m.url, concurrency, requests));
+    let mut cfg = config(&m.url, concurrency, requests);
+    cfg.workload.ramp_up = ramp_up;
+    let r = run_one_core(&cfg);
     let rss = throtl::sys::peak_rss_bytes().unwrap_or(0) as f64 / 1e6;
     let cpu = r.client.cpu_s.unwrap_or(f64::NAN);
     println!(
-        "truth ttft=100ms itl=20ms c={concurrency:<5} ok={} ttft_p50={:.3}ms itl_p50={:.3}ms tpot_p50={:.3}ms achieved={:.1} peak_in_flight={} cpu/1000req={:.3}s peak_rss={rss:.1}MB send_lag_p99={:.3}ms",
+        "truth ttft=100ms itl=20ms c={concurrency:<5} ramp_up={ramp_up:?} ok={} ttft_p50={:.3}ms itl_p50={:.3}ms tpot_p50={:.3}ms achieved={:.1} peak_in_flight={} cpu/1000req={:.3}s peak_rss={rss:.1}MB send_lag_p99={:.3}ms",
         r.requests.ok, r.latency_ms.ttft.p50, r.latency_ms.itl.p50, r.latency_ms.tpot.p50,
         r.load.achieved_concurrency, r.load.peak_in_flight,
         cpu / (r.requests.ok + r.load.warmup_requests) as f64 * 1000.0, r.client.send_lag_ms.p99
@@ -179,8 +181,10 @@ fn run_scenario(name: &str) {
         "zero-1" => zero_delay_cost(1, 2_000),
         "zero-100" => zero_delay_cost(100, 10_000),
         "zero-1000" => zero_delay_cost(1000, 10_000),
-        "truth-256" => fidelity_at(256, 1_024),
-        "truth-1000" => fidelity_at(1000, 3_000),
+        "truth-256" => fidelity_at(256, 1_024, Duration::ZERO),
+        "truth-1000" => fidelity_at(1000, 3_000, Duration::ZERO),
+        "truth-256-ramp" => fidelity_at(256, 1_024, Duration::from_secs(1)),
+        "truth-1000-ramp" => fidelity_at(1000, 3_000, Duration::from_secs(2)),
         other => panic!("unknown scenario {other}"),
     }
 }
