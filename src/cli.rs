@@ -614,7 +614,12 @@ fn run_bench(args: &BenchArgs) -> Result<ExitCode> {
 /// The protocol (`--api auto` probes the server and says what it picked)
 /// and the model (`--model`, else the first one the server lists).
 pub(crate) async fn resolve_target(args: &BenchArgs) -> Result<(ApiKind, String)> {
-    let base = normalize_base_url(args.url.as_deref().unwrap_or_default())?;
+    resolve_target_at(args, args.url.as_deref().unwrap_or_default()).await
+}
+
+/// [`resolve_target`] for the server at `url` (each `--target` of a multi-target bench).
+pub(crate) async fn resolve_target_at(args: &BenchArgs, url: &str) -> Result<(ApiKind, String)> {
+    let base = normalize_base_url(url)?;
     let headers = parse_headers(&args.headers)?;
     let (api, probed) = match args.api.kind() {
         Some(k) => (k, None),

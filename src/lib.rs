@@ -12,7 +12,6 @@ pub mod cli_workload;
 pub mod config;
 pub mod config_file;
 pub mod demo;
-pub mod discover;
 pub mod engine;
 pub mod monitor;
 pub mod probe;

@@ -461,11 +461,7 @@ pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
     let runs = rt.block_on(async {
         let mut runs = Vec::new();
         for (name, url) in &targets {
-            let model = match &args.model {
-                Some(m) => m.clone(),
-                None => crate::discover::first_model(url).await?,
-            };
-            let api = args.api.kind().unwrap_or(crate::api::ApiKind::OpenaiChat);
+            let (api, model) = super::resolve_target_at(args, url).await?;
             let mut cfg = args.to_config_for(url, model, api)?;
             cfg.json_out = cfg.json_out.map(|p| with_suffix(&p, name));
             cfg.records_out = cfg.records_out.map(|p| with_suffix(&p, name));
