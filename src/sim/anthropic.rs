@@ -11,7 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::frontend::{count_words, new_id, respond, u32_or, Outcome, SimRequest, StreamFormat};
+use super::frontend::{
+    message_word_ids, new_id, respond, u32_or, word_ids, Outcome, SimRequest, StreamFormat,
+};
 use super::SimState;
 
 /// Adds the Messages and Models routes.
@@ -126,19 +128,19 @@ async fn messages(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(e) => return invalid(&format!("invalid JSON: {e}")),
     };
-    let Some(msgs) = v["messages"].as_array() else {
+    if !v["messages"].is_array() {
         return invalid("messages: Field required");
-    };
+    }
     if !v["max_tokens"].is_u64() {
         return invalid("max_tokens: Field required");
     }
-    let req = SimRequest {
-        prompt_tokens: msgs.iter().map(|m| count_words(&m["content"])).sum::<u32>()
-            + count_words(&v["system"]),
-        max_tokens: u32_or(&v["max_tokens"], st.cfg.default_output_tokens),
-        stream: v["stream"].as_bool().unwrap_or(false),
-        prompt_ids: Vec::new(),
-    };
+    let mut prompt = word_ids(&v["system"]);
+    prompt.extend(message_word_ids(&v["messages"], "content"));
+    let req = SimRequest::new(
+        prompt,
+        u32_or(&v["max_tokens"], st.cfg.default_output_tokens),
+        v["stream"].as_bool().unwrap_or(false),
+    );
     let fmt = AnthropicFormat {
         id: new_id("msg_"),
         model: v["model"].as_str().unwrap_or(&st.cfg.model).to_owned(),

@@ -11,7 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::frontend::{count_words, new_id, respond, u32_or, Outcome, SimRequest, StreamFormat};
+use super::frontend::{
+    message_word_ids, new_id, respond, u32_or, Outcome, SimRequest, StreamFormat,
+};
 use super::SimState;
 
 /// Adds the chat and model-list routes.
@@ -105,14 +107,11 @@ async fn chat(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
                 .into_response()
         }
     };
-    let req = SimRequest {
-        prompt_tokens: v["messages"]
-            .as_array()
-            .map_or(0, |m| m.iter().map(|m| count_words(&m["content"])).sum()),
-        max_tokens: u32_or(&v["max_tokens"], st.cfg.default_output_tokens),
-        stream: v["stream"].as_bool().unwrap_or(false),
-        prompt_ids: Vec::new(),
-    };
+    let req = SimRequest::new(
+        message_word_ids(&v["messages"], "content"),
+        u32_or(&v["max_tokens"], st.cfg.default_output_tokens),
+        v["stream"].as_bool().unwrap_or(false),
+    );
     respond(st, arrival, req, CohereFormat { id: new_id("") }).await
 }
 

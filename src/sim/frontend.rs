@@ -29,40 +29,43 @@ pub(crate) fn word(k: u32) -> &'static str {
     WORDS[k as usize % WORDS.len()]
 }
 
-/// Whitespace-separated words: the simulator's token count of a prompt.
-pub(crate) fn count_words(v: &Value) -> u32 {
-    let n = match v {
-        Value::String(s) => s.split_whitespace().count(),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| match p {
-                Value::String(s) => s.split_whitespace().count(),
-                Value::Object(_) => {
-                    let text = p["text"]
-                        .as_str()
-                        .map_or(0, |s| s.split_whitespace().count());
-                    text + count_words(&p["content"]) as usize + count_words(&p["parts"]) as usize
-                }
-                _ => 0,
-            })
-            .sum(),
-        _ => 0,
-    };
-    u32::try_from(n).unwrap_or(u32::MAX)
+/// The simulator's tokens of a prompt value: one id per whitespace-separated
+/// word of a string, or of an array of strings and parts (their `text`,
+/// `content` and `parts`). The count is the prompt length; the ids feed the
+/// engine model's prefix cache.
+pub(crate) fn word_ids(v: &Value) -> Vec<u64> {
+    let mut out = Vec::new();
+    push_word_ids(v, &mut out);
+    out
 }
 
-/// One id per whitespace-separated word of a prompt (strings, or arrays of
-/// strings / `{"text": …}` parts), for prefix caching.
-pub(crate) fn word_ids(v: &Value) -> Vec<u64> {
+fn push_word_ids(v: &Value, out: &mut Vec<u64>) {
     match v {
-        Value::String(s) => s.split_whitespace().map(word_id).collect(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p["text"].as_str().or(p.as_str()))
-            .flat_map(|s| s.split_whitespace().map(word_id))
-            .collect(),
-        _ => Vec::new(),
+        Value::String(s) => out.extend(s.split_whitespace().map(word_id)),
+        Value::Array(parts) => {
+            for p in parts {
+                match p {
+                    Value::String(s) => out.extend(s.split_whitespace().map(word_id)),
+                    Value::Object(_) => {
+                        if let Some(t) = p["text"].as_str() {
+                            out.extend(t.split_whitespace().map(word_id));
+                        }
+                        push_word_ids(&p["content"], out);
+                        push_word_ids(&p["parts"], out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
     }
+}
+
+/// [`word_ids`] of `field` of every message in `msgs`, in order.
+pub(crate) fn message_word_ids(msgs: &Value, field: &str) -> Vec<u64> {
+    msgs.as_array().map_or_else(Vec::new, |m| {
+        m.iter().flat_map(|m| word_ids(&m[field])).collect()
+    })
 }
 
 /// FNV-1a of a word.
@@ -102,9 +105,20 @@ pub(crate) struct SimRequest {
     pub max_tokens: u32,
     /// Stream the answer.
     pub stream: bool,
-    /// One id per prompt word, in order, for the engine model's prefix
-    /// cache (empty: no prefix reuse).
+    /// One id per prompt word, in order, for the engine model's prefix cache.
     pub prompt_ids: Vec<u64>,
+}
+
+impl SimRequest {
+    /// A request whose prompt is `prompt_ids` (its length is the prompt length).
+    pub fn new(prompt_ids: Vec<u64>, max_tokens: u32, stream: bool) -> Self {
+        Self {
+            prompt_tokens: u32::try_from(prompt_ids.len()).unwrap_or(u32::MAX),
+            max_tokens,
+            stream,
+            prompt_ids,
+        }
+    }
 }
 
 /// How a generation went, for end frames and whole responses.

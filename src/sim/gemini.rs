@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::frontend::{count_words, new_id, respond, u32_or, Outcome, SimRequest, StreamFormat};
+use super::frontend::{
+    message_word_ids, new_id, respond, u32_or, Outcome, SimRequest, StreamFormat,
+};
 use super::SimState;
 
 /// Adds the Gemini generation and model-list routes.
@@ -115,18 +117,15 @@ async fn generate(
             .into_response();
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let prompt_tokens = v["contents"]
-        .as_array()
-        .map_or(0, |c| c.iter().map(|c| count_words(&c["parts"])).sum());
-    let req = SimRequest {
-        prompt_tokens,
-        max_tokens: u32_or(
+    let req = SimRequest::new(
+        message_word_ids(&v["contents"], "parts"),
+        u32_or(
             &v["generationConfig"]["maxOutputTokens"],
             st.cfg.default_output_tokens,
         ),
         stream,
-        prompt_ids: Vec::new(),
-    };
+    );
+    let prompt_tokens = req.prompt_tokens;
     let fmt = GeminiFormat {
         model: model.to_owned(),
         id: new_id(""),

@@ -12,7 +12,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 
-use super::frontend::{count_words, respond, u32_or, Outcome, SimRequest, StreamFormat};
+use super::frontend::{
+    message_word_ids, respond, u32_or, word_ids, Outcome, SimRequest, StreamFormat,
+};
 use super::SimState;
 
 /// The Ollama version the simulator reports.
@@ -118,19 +120,16 @@ fn parse(
                 .into_response(),
         )
     })?;
-    let prompt_tokens = if chat {
-        v["messages"]
-            .as_array()
-            .map_or(0, |m| m.iter().map(|m| count_words(&m["content"])).sum())
+    let prompt = if chat {
+        message_word_ids(&v["messages"], "content")
     } else {
-        count_words(&v["prompt"])
+        word_ids(&v["prompt"])
     };
-    let req = SimRequest {
-        prompt_tokens,
-        max_tokens: u32_or(&v["options"]["num_predict"], st.cfg.default_output_tokens),
-        stream: v["stream"].as_bool().unwrap_or(true),
-        prompt_ids: Vec::new(),
-    };
+    let req = SimRequest::new(
+        prompt,
+        u32_or(&v["options"]["num_predict"], st.cfg.default_output_tokens),
+        v["stream"].as_bool().unwrap_or(true),
+    );
     let model = v["model"].as_str().unwrap_or(&st.cfg.model).to_owned();
     Ok((req, OllamaFormat { chat, model }))
 }

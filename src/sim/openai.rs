@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::frontend::{
-    count_words, new_id, respond, u32_or, unix_now, word_ids, Outcome, SimRequest, StreamFormat,
+    message_word_ids, new_id, respond, u32_or, unix_now, word_ids, Outcome, SimRequest,
+    StreamFormat,
 };
 use super::{EngineFlavor, SimState};
 
@@ -242,29 +243,27 @@ fn parse(
             &format!("invalid JSON body: {e}"),
         ))
     })?;
-    let prompt_tokens = if chat {
-        let msgs = v["messages"]
-            .as_array()
-            .ok_or_else(|| Box::new(bad_request(st.cfg.engine, "'messages' must be an array")))?;
-        msgs.iter().map(|m| count_words(&m["content"])).sum()
+    if chat && !v["messages"].is_array() {
+        return Err(Box::new(bad_request(
+            st.cfg.engine,
+            "'messages' must be an array",
+        )));
+    }
+    let prompt = if chat {
+        message_word_ids(&v["messages"], "content")
     } else {
-        count_words(&v["prompt"])
-    };
-    let prompt_ids: Vec<u64> = match v["messages"].as_array() {
-        Some(msgs) if chat => msgs.iter().flat_map(|m| word_ids(&m["content"])).collect(),
-        _ => word_ids(&v["prompt"]),
+        word_ids(&v["prompt"])
     };
     let limit = if v["max_completion_tokens"].is_u64() {
         &v["max_completion_tokens"]
     } else {
         &v["max_tokens"]
     };
-    let req = SimRequest {
-        prompt_tokens,
-        max_tokens: u32_or(limit, st.cfg.default_output_tokens),
-        stream: v["stream"].as_bool().unwrap_or(false),
-        prompt_ids,
-    };
+    let req = SimRequest::new(
+        prompt,
+        u32_or(limit, st.cfg.default_output_tokens),
+        v["stream"].as_bool().unwrap_or(false),
+    );
     Ok((req, OpenAiFormat::new(st, &v, chat)))
 }
 

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::frontend::{count_words, respond, u32_or, Outcome, SimRequest, StreamFormat};
+use super::frontend::{respond, u32_or, word_ids, Outcome, SimRequest, StreamFormat};
 use super::SimState;
 
 /// Adds TGI's generation and info routes.
@@ -117,12 +117,11 @@ fn parse(
         )
     })?;
     let p = &v["parameters"];
-    let req = SimRequest {
-        prompt_tokens: count_words(&v["inputs"]),
-        max_tokens: u32_or(&p["max_new_tokens"], st.cfg.default_output_tokens),
+    let req = SimRequest::new(
+        word_ids(&v["inputs"]),
+        u32_or(&p["max_new_tokens"], st.cfg.default_output_tokens),
         stream,
-        prompt_ids: Vec::new(),
-    };
+    );
     let fmt = TgiFormat {
         details: p["details"].as_bool().unwrap_or(false),
         prompt_tokens: req.prompt_tokens,
