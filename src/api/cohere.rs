@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
+    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
     Protocol, Usage,
 };
 
@@ -74,7 +74,7 @@ impl Protocol for Cohere {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let body = json!({
             "model": req.model, "stream": true, "max_tokens": req.max_tokens,
-            "messages": [{"role": "user", "content": req.prompt}],
+            "messages": req.role_content_json(),
         });
         HttpRequestSpec {
             path: "/v2/chat".into(),
@@ -86,7 +86,12 @@ impl Protocol for Cohere {
         Framing::Sse
     }
 
-    fn parse(&self, event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let data = data.trim();
         if data == "[DONE]" {
             return Ok(ParsedEvent::done());
@@ -100,11 +105,13 @@ impl Protocol for Cohere {
         let mut out = ParsedEvent::default();
         match kind {
             "content-delta" => {
-                out.content = ev
+                let text = ev
                     .delta
                     .and_then(|d| d.message)
                     .and_then(|m| m.content)
-                    .is_some_and(|c| has_text(&c.text));
+                    .and_then(|c| c.text);
+                capture(&mut answer, &text);
+                out.content = has_text(&text);
             }
             "message-end" => {
                 if let Some(d) = ev

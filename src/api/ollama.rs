@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
+    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
     Protocol, ServerTimings, Usage,
 };
 
@@ -74,7 +74,7 @@ impl Protocol for Ollama {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let options = json!({"num_predict": req.max_tokens});
         let (path, body) = if self.chat {
-            let msgs = json!([{"role": "user", "content": req.prompt}]);
+            let msgs = req.role_content_json();
             (
                 "/api/chat",
                 json!({"model": req.model, "messages": msgs, "stream": true, "options": options}),
@@ -82,7 +82,7 @@ impl Protocol for Ollama {
         } else {
             (
                 "/api/generate",
-                json!({"model": req.model, "prompt": req.prompt, "stream": true, "options": options}),
+                json!({"model": req.model, "prompt": req.prompt_text(), "stream": true, "options": options}),
             )
         };
         HttpRequestSpec {
@@ -95,11 +95,22 @@ impl Protocol for Ollama {
         Framing::Ndjson
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let line: Line<'_> = from_json(data)?;
         if let Some(e) = &line.error {
             let msg = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
             return Ok(ParsedEvent::error(&msg));
+        }
+        if answer.is_some() {
+            capture(&mut answer, &line.response);
+            if let Some(m) = &line.message {
+                capture(&mut answer, &m.content);
+            }
         }
         let mut ev = ParsedEvent {
             content: line.has_content(),

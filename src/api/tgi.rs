@@ -49,7 +49,7 @@ struct Details {
 impl Protocol for Tgi {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let body = json!({
-            "inputs": req.prompt,
+            "inputs": req.prompt_text(),
             "parameters": {"max_new_tokens": req.max_tokens, "details": true, "do_sample": false},
         });
         HttpRequestSpec {
@@ -62,16 +62,22 @@ impl Protocol for Tgi {
         Framing::Sse
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let ev: Event<'_> = from_json(data.trim())?;
         if let Some(e) = ev.error {
             let kind = ev.error_type.as_deref().unwrap_or("error");
             return Ok(ParsedEvent::error(&format!("{kind}: {e}")));
         }
-        let content = ev
-            .token
-            .as_ref()
-            .is_some_and(|t| !t.special && super::has_text(&t.text));
+        let token = ev.token.as_ref().filter(|t| !t.special);
+        if let Some(t) = token {
+            super::capture(&mut answer, &t.text);
+        }
+        let content = token.is_some_and(|t| super::has_text(&t.text));
         let usage = ev.details.map(|d| Usage {
             input_tokens: d.input_length,
             output_tokens: d.generated_tokens,

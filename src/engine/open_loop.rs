@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::arrival::Arrivals;
 use super::record::RequestRecord;
 use super::request::Transport;
-use super::{Controls, Dispatch, EngineOutcome, InFlight, Issuer, LoadPlan, LoadShape};
+use super::{Controls, Dispatch, EngineOutcome, Issuer, LoadPlan, LoadShape};
 
 /// Runs `plan` as an open loop. Returns when the schedule has ended and every
 /// request sent has finished.
@@ -27,13 +27,7 @@ pub async fn run_open_loop(
     controls: Controls,
 ) -> EngineOutcome {
     let started = Instant::now();
-    let d = Dispatch {
-        transport,
-        plan: Arc::clone(&plan),
-        sink,
-        hard: controls.hard.clone(),
-        in_flight: Arc::new(InFlight::default()),
-    };
+    let d = Dispatch::new(transport, Arc::clone(&plan), sink, controls.hard.clone());
     let LoadShape::Open {
         arrivals,
         max_concurrency,

@@ -88,6 +88,17 @@ pub struct RequestRecord {
     pub held_by_cap: bool,
     /// Prompt tokens as counted by the local tokenizer, when one built the prompt.
     pub local_input_tokens: Option<u32>,
+    /// Multi-turn runs (`--turns`): the conversation this request belongs to.
+    pub conversation: Option<u64>,
+    /// Multi-turn runs: the turn within its conversation (0-based).
+    pub turn: Option<u32>,
+    /// The answer text streamed back, captured only when the workload needs
+    /// it (multi-turn); `None` otherwise, so single-turn runs never copy text.
+    pub answer: Option<String>,
+    /// Open loop: the arrival was due but never sent because the run was
+    /// interrupted (Ctrl-C) while it waited for a concurrency slot. Its
+    /// error class is [`ErrorClass::Cancelled`].
+    pub not_sent: bool,
 }
 
 impl RequestRecord {
@@ -109,6 +120,10 @@ impl RequestRecord {
             server: None,
             held_by_cap: false,
             local_input_tokens: None,
+            conversation: None,
+            turn: None,
+            answer: None,
+            not_sent: false,
         }
     }
 
