@@ -176,4 +176,32 @@ mod tests {
         let e = p.parse(Some("error"), r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#).unwrap();
         assert!(e.error.unwrap().contains("Overloaded"));
     }
+
+    #[test]
+    fn history_puts_system_on_top_and_text_deltas_are_captured() {
+        let spec = Anthropic.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(v["system"], "be brief");
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": "second question"}
+            ])
+        );
+        let single = Anthropic.build(&GenRequest::single("m", "p", 1, false));
+        let s: serde_json::Value = serde_json::from_slice(&single.body).unwrap();
+        assert!(s.get("system").is_none());
+        let mut answer = String::new();
+        for d in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":" there"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ] {
+            Anthropic.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi there");
+    }
 }

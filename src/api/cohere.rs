@@ -172,4 +172,28 @@ mod tests {
             .unwrap();
         assert!(err.error.unwrap().contains("boom"));
     }
+
+    #[test]
+    fn history_is_sent_as_messages_and_content_deltas_are_captured() {
+        let spec = Cohere.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        let roles: Vec<&str> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(v["messages"][2]["content"], "first answer");
+        let mut answer = String::new();
+        for d in [
+            r#"{"type":"content-start","index":0,"delta":{"message":{"content":{"type":"text","text":""}}}}"#,
+            r#"{"type":"content-delta","index":0,"delta":{"message":{"content":{"text":"Hello"}}}}"#,
+            r#"{"type":"content-delta","index":0,"delta":{"message":{"content":{"text":"!"}}}}"#,
+            r#"{"type":"message-end","delta":{"finish_reason":"COMPLETE"}}"#,
+        ] {
+            Cohere.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hello!");
+    }
 }

@@ -184,4 +184,31 @@ mod tests {
             "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
         );
     }
+
+    #[test]
+    fn history_maps_assistant_to_model_and_parts_text_is_captured() {
+        let spec = Gemini.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            v["systemInstruction"],
+            serde_json::json!({"parts": [{"text": "be brief"}]})
+        );
+        assert_eq!(
+            v["contents"],
+            serde_json::json!([
+                {"role": "user", "parts": [{"text": "first question"}]},
+                {"role": "model", "parts": [{"text": "first answer"}]},
+                {"role": "user", "parts": [{"text": "second question"}]}
+            ])
+        );
+        let mut answer = String::new();
+        for d in [
+            r#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true}],"role":"model"}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hi"},{"text":" you"}],"role":"model"}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"."}]},"finishReason":"STOP"}]}"#,
+        ] {
+            Gemini.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi you.");
+    }
 }

@@ -393,3 +393,39 @@ pub fn encode_path(s: &str) -> String {
     }
     out
 }
+
+/// A four-message history (system, user, assistant, user) for protocol tests.
+#[cfg(test)]
+pub(crate) fn test_history() -> GenRequest {
+    GenRequest {
+        model: "m".into(),
+        messages: vec![
+            ChatMessage {
+                role: Role::System,
+                content: "be brief".into(),
+            },
+            ChatMessage::user("first question"),
+            ChatMessage::assistant("first answer"),
+            ChatMessage::user("second question"),
+        ],
+        max_tokens: 4,
+        ignore_eos: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_prompt_flattens_a_history_and_keeps_a_lone_prompt() {
+        assert_eq!(
+            test_history().prompt_text(),
+            "system: be brief\nuser: first question\nassistant: first answer\nuser: second question"
+        );
+        assert_eq!(GenRequest::single("m", "just this", 1, false).prompt_text(), "just this");
+        assert!(ApiKind::OpenaiChat.is_chat() && ApiKind::Gemini.is_chat());
+        assert!(!ApiKind::Tgi.is_chat() && !ApiKind::OpenaiCompletions.is_chat());
+        assert!(!ApiKind::OllamaGenerate.is_chat());
+    }
+}

@@ -166,4 +166,27 @@ mod tests {
         let err = p.parse(None, r#"{"error":"model 'x' not found"}"#).unwrap();
         assert!(err.error.unwrap().contains("not found"));
     }
+
+    #[test]
+    fn chat_sends_the_history_and_message_content_is_captured() {
+        let p = Ollama { chat: true };
+        let spec = p.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(spec.path, "/api/chat");
+        assert_eq!(v["messages"][0], serde_json::json!({"role": "system", "content": "be brief"}));
+        assert_eq!(v["messages"][3]["content"], "second question");
+        let mut answer = String::new();
+        for d in [
+            r#"{"message":{"role":"assistant","content":"","thinking":"hmm"},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":" all"},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":""},"done":true,"eval_count":2}"#,
+        ] {
+            p.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi all");
+        let g = Ollama { chat: false }.build(&crate::api::test_history());
+        let gv: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
+        assert!(gv["prompt"].as_str().unwrap().starts_with("system: be brief\n"));
+    }
 }

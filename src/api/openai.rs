@@ -286,4 +286,36 @@ mod tests {
         assert_eq!(v["ignore_eos"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
     }
+
+    #[test]
+    fn chat_renders_a_history_and_captures_delta_content() {
+        let spec = CHAT.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": "second question"}
+            ])
+        );
+        let azure = AzureOpenAi { api_version: "v".into() }.build(&crate::api::test_history());
+        let a: serde_json::Value = serde_json::from_slice(&azure.body).unwrap();
+        assert_eq!(a["messages"], v["messages"]);
+        let mut answer = String::new();
+        for d in [
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"Hel"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"lo"}}]}"#,
+            "[DONE]",
+        ] {
+            CHAT.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hello");
+        let completions = OpenAi { chat: false }.build(&crate::api::test_history());
+        let c: serde_json::Value = serde_json::from_slice(&completions.body).unwrap();
+        assert!(c["prompt"].as_str().unwrap().ends_with("user: second question"));
+    }
 }

@@ -126,4 +126,23 @@ mod tests {
             .unwrap();
         assert_eq!(err.error.as_deref(), Some("generation: OOM"));
     }
+
+    #[test]
+    fn history_is_flattened_into_inputs_and_token_text_is_captured() {
+        let spec = Tgi.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            v["inputs"],
+            "system: be brief\nuser: first question\nassistant: first answer\nuser: second question"
+        );
+        let mut answer = String::new();
+        for d in [
+            r#"{"index":1,"token":{"id":5,"text":"Hi","special":false},"generated_text":null,"details":null}"#,
+            r#"{"index":2,"token":{"id":6,"text":" x","special":false},"generated_text":null,"details":null}"#,
+            r#"{"index":3,"token":{"id":2,"text":"</s>","special":true},"generated_text":"Hi x","details":null}"#,
+        ] {
+            Tgi.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi x");
+    }
 }
