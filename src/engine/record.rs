@@ -166,6 +166,16 @@ impl RequestRecord {
         self.token_times.windows(2).map(|w| w[1] - w[0])
     }
 
+    /// The request's mean inter-token latency: (last content message − first)
+    /// / (content messages − 1), i.e. the mean of its [`Self::itl_gaps`].
+    /// `None` with fewer than two content messages. This per-request value is
+    /// what the `itl` SLO judges (as vLLM's and GuideLLM's per-request goodput do).
+    pub fn itl_mean(&self) -> Option<Duration> {
+        let (first, last) = (self.token_times.first()?, self.token_times.last()?);
+        let gaps = u32::try_from(self.token_times.len() - 1).unwrap_or(u32::MAX);
+        (gaps > 0).then(|| (*last - *first) / gaps)
+    }
+
     /// How late the request left relative to its schedule (client self-check).
     pub fn send_lag(&self) -> Duration {
         self.sent.saturating_duration_since(self.scheduled)
@@ -187,6 +197,7 @@ mod tests {
         assert_eq!(r.ttft(), Some(ms(100)));
         assert_eq!(r.e2e(), ms(160));
         assert_eq!(r.itl_gaps().collect::<Vec<_>>(), vec![ms(20), ms(30)]);
+        assert_eq!(r.itl_mean(), Some(ms(25)));
         // chunks: 3 tokens → (160-100)/2 = 30 ms
         assert_eq!(r.tpot(), Some(ms(30)));
         r.usage.output_tokens = Some(4);

@@ -24,6 +24,8 @@ pub struct Stats {
     pub itl: LatencyHistogram,
     /// Per-request time per output token (µs).
     pub tpot: LatencyHistogram,
+    /// Per-request mean inter-token latency (µs): the `itl` SLO's metric.
+    pub itl_request: LatencyHistogram,
     /// End-to-end latency (µs).
     pub e2e: LatencyHistogram,
     /// Per-request output tokens/s, stored ×1000 for three decimals.
@@ -174,6 +176,7 @@ impl Default for Stats {
             ttft: LatencyHistogram::new(),
             itl: LatencyHistogram::new(),
             tpot: LatencyHistogram::new(),
+            itl_request: LatencyHistogram::new(),
             e2e: LatencyHistogram::new(),
             output_rate_milli: LatencyHistogram::new(),
             send_lag: LatencyHistogram::new(),
@@ -286,6 +289,9 @@ impl Stats {
         if let Some(t) = r.tpot() {
             self.tpot.record(t);
         }
+        if let Some(t) = r.itl_mean() {
+            self.itl_request.record(t);
+        }
         let (out, source) = r.output_tokens();
         match source {
             TokenSource::Usage => self.usage_counted += 1,
@@ -309,6 +315,7 @@ impl Stats {
             (&mut self.ttft, &o.ttft),
             (&mut self.itl, &o.itl),
             (&mut self.tpot, &o.tpot),
+            (&mut self.itl_request, &o.itl_request),
             (&mut self.e2e, &o.e2e),
             (&mut self.output_rate_milli, &o.output_rate_milli),
             (&mut self.send_lag, &o.send_lag),
