@@ -136,7 +136,7 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
         think_time_s: None,
         arrivals: a.total(),
         offered_rate_per_s: ArrivalCounts::rate(a.total(), a.scheduled_span),
-        sent_rate_per_s: ArrivalCounts::rate(a.total(), a.sent_span),
+        sent_rate_per_s: ArrivalCounts::rate(a.sent(), a.sent_span),
         completed_rate_per_s: if window > 0.0 {
             finished as f64 / window
         } else {
@@ -145,6 +145,7 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
         on_time: a.on_time,
         late: a.late,
         held_by_cap: a.held,
+        not_sent_interrupted: a.not_sent,
         late_after_ms: LATE_AFTER.as_secs_f64() * 1000.0,
     };
     match cfg.workload.shape {

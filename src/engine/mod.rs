@@ -146,6 +146,12 @@ impl Issuer {
         if self.soft.is_cancelled() {
             return None;
         }
+        self.admit(due)
+    }
+
+    /// Like [`Issuer::next`] but also after a soft stop: numbers an arrival
+    /// that was due before the stop, so it can be accounted as not sent.
+    fn admit(&self, due: Instant) -> Option<(u64, bool)> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         if seq < self.plan.warmup || due < self.ramp_end {
             return Some((seq, true));
@@ -282,6 +288,18 @@ impl Dispatch {
             }
             _ => *conv = None,
         }
+        self.sink.send(rec).is_ok()
+    }
+
+    /// Emits the record of an arrival that was due but never sent because
+    /// the run was interrupted. Returns false when the aggregator is gone.
+    fn not_sent(&self, seq: u64, warmup: bool, scheduled: Instant, stopped: Instant) -> bool {
+        let mut rec = RequestRecord::new(seq, warmup, scheduled, 0);
+        rec.not_sent = true;
+        rec.sent = stopped;
+        rec.end = stopped;
+        rec.error = Some(record::ErrorClass::Cancelled);
+        rec.error_sample = Some("not sent: the run was interrupted while the arrival waited for a --max-concurrency slot".into());
         self.sink.send(rec).is_ok()
     }
 

@@ -84,6 +84,8 @@ pub struct ArrivalCounts {
     pub late: u64,
     /// Waited for a `--max-concurrency` slot.
     pub held: u64,
+    /// Due but never sent: the run was interrupted first (open loop).
+    pub not_sent: u64,
     /// Earliest and latest scheduled instants.
     pub scheduled_span: Option<(Instant, Instant)>,
     /// Earliest and latest actual send instants.
@@ -92,6 +94,11 @@ pub struct ArrivalCounts {
 
 impl ArrivalCounts {
     fn ingest(&mut self, r: &RequestRecord) {
+        self.scheduled_span = Some(widen(self.scheduled_span, r.scheduled, r.scheduled));
+        if r.not_sent {
+            self.not_sent += 1;
+            return;
+        }
         if r.held_by_cap {
             self.held += 1;
         } else if r.send_lag() > LATE_AFTER {
@@ -99,7 +106,6 @@ impl ArrivalCounts {
         } else {
             self.on_time += 1;
         }
-        self.scheduled_span = Some(widen(self.scheduled_span, r.scheduled, r.scheduled));
         self.sent_span = Some(widen(self.sent_span, r.sent, r.sent));
     }
 
@@ -107,6 +113,7 @@ impl ArrivalCounts {
         self.on_time += o.on_time;
         self.late += o.late;
         self.held += o.held;
+        self.not_sent += o.not_sent;
         if let Some((a, b)) = o.scheduled_span {
             self.scheduled_span = Some(widen(self.scheduled_span, a, b));
         }
@@ -115,8 +122,13 @@ impl ArrivalCounts {
         }
     }
 
-    /// All measured arrivals.
+    /// All measured arrivals, sent or not.
     pub fn total(&self) -> u64 {
+        self.sent() + self.not_sent
+    }
+
+    /// Measured arrivals that were sent.
+    pub fn sent(&self) -> u64 {
         self.on_time + self.late + self.held
     }
 
