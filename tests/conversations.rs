@@ -195,3 +195,48 @@ async fn jsonl_messages_records_reach_the_server_as_a_message_list() {
     // 2 system words (sent as Anthropic's top-level `system`) + 3 + 2 + 1.
     assert_eq!(r.tokens.input_total, 2 * 8);
 }
+
+#[test]
+fn issue4_turns_from_a_config_file_and_init_from_the_cli() {
+    let server = sim_of(EngineFlavor::Vllm);
+    let dir = common::tmpdir();
+    let yaml = dir.path().join("throtl.yaml");
+    // `throtl init` writes the example, and refuses to overwrite it without --force.
+    let init = |force: bool| {
+        let mut c = std::process::Command::new(common::bin());
+        c.arg("init").arg(&yaml);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    assert!(init(false).status.success());
+    assert!(std::fs::read_to_string(&yaml).unwrap().contains("# turns: 4"));
+    let again = init(false);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    std::fs::write(
+        &yaml,
+        "turns: 3\nconcurrency: 1\nrequests: 3\noutput-tokens: 4\ninput-tokens: 8\ntokenizer: words\nwarmup: 0\n",
+    )
+    .unwrap();
+    let records = dir.path().join("r.jsonl");
+    let out = std::process::Command::new(common::bin())
+        .args(["bench", "--url", &server.url(), "-m", "throtl-sim", "--no-store", "--quiet"])
+        .arg("--config")
+        .arg(&yaml)
+        .arg("--records")
+        .arg(&records)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prompts: Vec<u64> = std::fs::read_to_string(&records)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .inspect(|v| assert_eq!(v["conversation"], 0))
+        .map(|v| v["input_tokens"].as_u64().unwrap())
+        .collect();
+    // 8-word prompts and 4-token answers: 8, 8+4+8, 20+4+8.
+    assert_eq!(prompts, [8, 20, 32]);
+}

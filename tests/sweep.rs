@@ -160,3 +160,37 @@ async fn rate_sweep_finds_the_capacity_knee() {
         "overload shows up as latency"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue4_rates_auto_probes_the_maximum_then_sweeps_fractions_of_it() {
+    let url = capacity_server().await;
+    let mut b = base(url, None);
+    b.concurrency = 8;
+    b.stop = StopCondition::Duration(Duration::from_millis(500));
+    b.warmup = 0;
+    b.workload.slos.clear();
+    let cfg = SweepConfig {
+        base: b,
+        axis: SweepAxis::RatesAuto,
+        json_out: None,
+    };
+    let report = throtl::sweep::run(&cfg, Controls::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.axis, "rate");
+    let max = report.probe.as_ref().unwrap().throughput.requests_per_s;
+    // The server's capacity is 50 req/s; the closed-loop probe at 8 saturates it.
+    assert!((35.0..=60.0).contains(&max), "{max}");
+    let loads: Vec<f64> = report.steps.iter().map(|s| s.load).collect();
+    assert_eq!(loads.len(), 7, "{loads:?}");
+    for (load, f) in loads.iter().zip([0.10, 0.25, 0.50, 0.70, 0.85, 1.00, 1.15]) {
+        assert!((load / max - f).abs() < 0.05, "{loads:?} of {max}");
+    }
+    // Each step is an open loop at its rate.
+    for s in &report.steps {
+        let sc = s.run.schedule.as_ref().unwrap();
+        assert_eq!(sc.mode, "open");
+        assert_eq!(sc.target_rate_per_s, Some(s.load));
+    }
+    assert!(report.knee.is_some());
+}
