@@ -164,7 +164,9 @@ async fn rate_sweep_finds_the_capacity_knee() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue4_rates_auto_probes_the_maximum_then_sweeps_fractions_of_it() {
     let url = capacity_server().await;
-    let mut b = base(url, None);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("auto.json");
+    let mut b = base(url, Some(json.clone()));
     b.concurrency = 8;
     b.stop = StopCondition::Duration(Duration::from_millis(500));
     b.warmup = 0;
@@ -172,7 +174,7 @@ async fn issue4_rates_auto_probes_the_maximum_then_sweeps_fractions_of_it() {
     let cfg = SweepConfig {
         base: b,
         axis: SweepAxis::RatesAuto,
-        json_out: None,
+        json_out: Some(json.clone()),
     };
     let report = throtl::sweep::run(&cfg, Controls::default(), |_| {})
         .await
@@ -193,4 +195,18 @@ async fn issue4_rates_auto_probes_the_maximum_then_sweeps_fractions_of_it() {
         assert_eq!(sc.target_rate_per_s, Some(s.load));
     }
     assert!(report.knee.is_some());
+    // Every step of --json, and the probe, validate against the core run schema.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(out["steps"].as_array().unwrap().len(), 7);
+    for run in out["steps"].as_array().unwrap().iter().map(|s| &s["run"]).chain([&out["probe"]]) {
+        let errors: Vec<String> = validator.iter_errors(run).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    assert!(out["knee"].is_object());
 }
