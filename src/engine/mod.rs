@@ -6,8 +6,10 @@
 //! sends [`record::RequestRecord`]s down a channel to the aggregator.
 
 pub mod arrival;
+mod chunked;
 mod closed_loop;
 pub mod dataset;
+mod h1;
 mod open_loop;
 pub mod record;
 pub mod request;
