@@ -229,11 +229,17 @@ mod tests {
             stats.ingest(&r, 8);
         }
         let per_gap_p95 = stats.itl.inner().value_at_quantile(0.95) as f64 / 1000.0;
-        assert!(per_gap_p95 > 99.0, "the definitions disagree here: {per_gap_p95}");
+        assert!(
+            per_gap_p95 > 99.0,
+            "the definitions disagree here: {per_gap_p95}"
+        );
         let rep = judge(&slos, 95.0, &stats, 1.0);
         assert_eq!(rep.good_requests, 10);
         assert!(rep.met, "{rep:?}");
-        assert!((rep.objectives[0].observed_ms - 20.0).abs() < 0.1, "{rep:?}");
+        assert!(
+            (rep.objectives[0].observed_ms - 20.0).abs() < 0.1,
+            "{rep:?}"
+        );
         // A slower request set fails both the goodput count and the verdict together.
         let strict = vec![Slo::parse("itl=15ms").unwrap()];
         let mut s2 = Stats {

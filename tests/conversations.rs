@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use throtl::api::ApiKind;
 use throtl::engine::record::RequestRecord;
-use throtl::engine::request::{build_http_client, Transport};
+use throtl::engine::request::Transport;
 use throtl::engine::workload::{TokenLengths, Workload};
 use throtl::engine::{Controls, LoadPlan, LoadShape, StopCondition};
 use throtl::sim::{self, EngineFlavor, SimConfig};
@@ -34,13 +34,12 @@ fn sim_of(engine: EngineFlavor) -> sim::SimHandle {
 /// Runs `requests` requests of `turns`-turn conversations with one user and
 /// returns the records in issue order.
 async fn run_turns(url: String, api: ApiKind, requests: u64, turns: u32) -> Vec<RequestRecord> {
-    let transport = Arc::new(Transport {
-        client: build_http_client(),
-        base: url,
-        headers: Default::default(),
-        protocol: Arc::from(api.protocol()),
-        timeout: Duration::from_secs(10),
-    });
+    let transport = Arc::new(Transport::new(
+        &url,
+        Default::default(),
+        Arc::from(api.protocol()),
+        Duration::from_secs(10),
+    ));
     let plan = Arc::new(LoadPlan {
         concurrency: 1,
         stop: StopCondition::Requests(requests),
@@ -75,14 +74,20 @@ fn assert_growing_history(api: ApiKind, recs: &[RequestRecord]) {
         let (prev, next) = (&pair[0], &pair[1]);
         let prompt = next.usage.input_tokens.unwrap();
         if next.turn == Some(0) {
-            assert_eq!(prompt, PROMPT_WORDS, "{api}: a new conversation starts afresh");
+            assert_eq!(
+                prompt, PROMPT_WORDS,
+                "{api}: a new conversation starts afresh"
+            );
         } else {
             let expect = prev.usage.input_tokens.unwrap() + 5 + PROMPT_WORDS;
             assert_eq!(prompt, expect, "{api}: turn {:?}", next.turn);
         }
     }
     // Only a first turn's prompt is the one the local count refers to.
-    assert!(recs.iter().filter(|r| r.turn != Some(0)).all(|r| r.local_input_tokens.is_none()));
+    assert!(recs
+        .iter()
+        .filter(|r| r.turn != Some(0))
+        .all(|r| r.local_input_tokens.is_none()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +113,10 @@ async fn single_turn_runs_capture_no_answer_text() {
     assert_eq!(recs.len(), 3);
     for r in &recs {
         assert!(r.is_ok());
-        assert_eq!((r.answer.as_ref(), r.conversation, r.turn), (None, None, None));
+        assert_eq!(
+            (r.answer.as_ref(), r.conversation, r.turn),
+            (None, None, None)
+        );
         assert_eq!(r.usage.input_tokens, Some(PROMPT_WORDS));
     }
 }
@@ -170,7 +178,11 @@ fn turns_on_a_completion_protocol_or_open_loop_is_an_actionable_error() {
     assert!(e.contains("--users") && e.contains("--rate"), "{e}");
     cfg.workload.shape = LoadShape::Closed { think: None };
     cfg.workload.turns = 0;
-    assert!(cfg.validate().unwrap_err().0.contains("--turns must be at least 1"));
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .0
+        .contains("--turns must be at least 1"));
 }
 
 #[tokio::test]
@@ -211,7 +223,9 @@ fn issue4_turns_from_a_config_file_and_init_from_the_cli() {
         c.output().unwrap()
     };
     assert!(init(false).status.success());
-    assert!(std::fs::read_to_string(&yaml).unwrap().contains("# turns: 4"));
+    assert!(std::fs::read_to_string(&yaml)
+        .unwrap()
+        .contains("# turns: 4"));
     let again = init(false);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
@@ -222,14 +236,26 @@ fn issue4_turns_from_a_config_file_and_init_from_the_cli() {
     .unwrap();
     let records = dir.path().join("r.jsonl");
     let out = std::process::Command::new(common::bin())
-        .args(["bench", "--url", &server.url(), "-m", "throtl-sim", "--no-store", "--quiet"])
+        .args([
+            "bench",
+            "--url",
+            &server.url(),
+            "-m",
+            "throtl-sim",
+            "--no-store",
+            "--quiet",
+        ])
         .arg("--config")
         .arg(&yaml)
         .arg("--records")
         .arg(&records)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let prompts: Vec<u64> = std::fs::read_to_string(&records)
         .unwrap()
         .lines()

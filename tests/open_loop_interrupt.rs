@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use throtl::api::ApiKind;
 use throtl::engine::arrival::{ArrivalConfig, ArrivalProcess};
 use throtl::engine::record::{ErrorClass, RequestRecord};
-use throtl::engine::request::{build_http_client, Transport};
+use throtl::engine::request::Transport;
 use throtl::engine::workload::{TokenLengths, Workload};
 use throtl::engine::{Controls, LoadPlan, LoadShape, StopCondition};
 
@@ -45,13 +45,12 @@ fn interrupt_after(controls: &Controls, after: Duration) -> tokio::task::JoinHan
 async fn issue4_interrupt_while_waiting_for_a_slot_accounts_every_due_arrival() {
     // A slow server: the first request holds the only slot for 2 s.
     let server = common::sim(2000, 10);
-    let transport = Arc::new(Transport {
-        client: build_http_client(),
-        base: server.url(),
-        headers: Default::default(),
-        protocol: Arc::from(ApiKind::OpenaiChat.protocol()),
-        timeout: Duration::from_secs(10),
-    });
+    let transport = Arc::new(Transport::new(
+        &server.url(),
+        Default::default(),
+        Arc::from(ApiKind::OpenaiChat.protocol()),
+        Duration::from_secs(10),
+    ));
     let plan = Arc::new(LoadPlan {
         concurrency: 1,
         stop: StopCondition::Duration(Duration::from_secs(30)),

@@ -197,14 +197,21 @@ async fn issue4_rates_auto_probes_the_maximum_then_sweeps_fractions_of_it() {
     assert!(report.knee.is_some());
     // Every step of --json, and the probe, validate against the core run schema.
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json")).unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json"))
+            .unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let out: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(out["steps"].as_array().unwrap().len(), 7);
-    for run in out["steps"].as_array().unwrap().iter().map(|s| &s["run"]).chain([&out["probe"]]) {
+    for run in out["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["run"])
+        .chain([&out["probe"]])
+    {
         let errors: Vec<String> = validator.iter_errors(run).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{errors:?}");
     }

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    capture, from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
-    ParsedEvent, Protocol, Role, Usage,
+    capture, from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec,
+    MalformedMessage, ParsedEvent, Protocol, Role, Usage,
 };
 
 /// The `anthropic-version` header value sent.

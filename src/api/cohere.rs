@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
-    Protocol, Usage,
+    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
+    ParsedEvent, Protocol, Usage,
 };
 
 /// The Cohere v2 chat protocol.

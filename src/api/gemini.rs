@@ -102,7 +102,11 @@ impl Protocol for Gemini {
         if answer.is_some() {
             // The first candidate is the answer; thought parts are not part of it.
             let parts = chunk.candidates.first().and_then(|c| c.content.as_ref());
-            for p in parts.iter().flat_map(|c| c.parts.iter()).filter(|p| !p.thought) {
+            for p in parts
+                .iter()
+                .flat_map(|c| c.parts.iter())
+                .filter(|p| !p.thought)
+            {
                 capture(&mut answer, &p.text);
             }
         }
@@ -142,7 +146,11 @@ fn contents(req: &GenRequest) -> serde_json::Value {
         .iter()
         .filter(|m| m.role != Role::System)
         .map(|m| {
-            let role = if m.role == Role::Assistant { "model" } else { "user" };
+            let role = if m.role == Role::Assistant {
+                "model"
+            } else {
+                "user"
+            };
             json!({"role": role, "parts": [{"text": m.content}]})
         })
         .collect()
@@ -178,7 +186,12 @@ mod tests {
             )
             .unwrap();
         assert!(err.error.is_some());
-        let spec = p.build(&GenRequest::single("models/gemini-2.0-flash", "p", 5, false));
+        let spec = p.build(&GenRequest::single(
+            "models/gemini-2.0-flash",
+            "p",
+            5,
+            false,
+        ));
         assert_eq!(
             spec.path,
             "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"

@@ -423,7 +423,10 @@ mod tests {
             test_history().prompt_text(),
             "system: be brief\nuser: first question\nassistant: first answer\nuser: second question"
         );
-        assert_eq!(GenRequest::single("m", "just this", 1, false).prompt_text(), "just this");
+        assert_eq!(
+            GenRequest::single("m", "just this", 1, false).prompt_text(),
+            "just this"
+        );
         assert!(ApiKind::OpenaiChat.is_chat() && ApiKind::Gemini.is_chat());
         assert!(!ApiKind::Tgi.is_chat() && !ApiKind::OpenaiCompletions.is_chat());
         assert!(!ApiKind::OllamaGenerate.is_chat());

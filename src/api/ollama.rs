@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
-    Protocol, ServerTimings, Usage,
+    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
+    ParsedEvent, Protocol, ServerTimings, Usage,
 };
 
 /// The Ollama protocol; `chat` selects `/api/chat` over `/api/generate`.
@@ -173,7 +173,10 @@ mod tests {
         let spec = p.build(&crate::api::test_history());
         let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
         assert_eq!(spec.path, "/api/chat");
-        assert_eq!(v["messages"][0], serde_json::json!({"role": "system", "content": "be brief"}));
+        assert_eq!(
+            v["messages"][0],
+            serde_json::json!({"role": "system", "content": "be brief"})
+        );
         assert_eq!(v["messages"][3]["content"], "second question");
         let mut answer = String::new();
         for d in [
@@ -187,6 +190,9 @@ mod tests {
         assert_eq!(answer, "Hi all");
         let g = Ollama { chat: false }.build(&crate::api::test_history());
         let gv: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
-        assert!(gv["prompt"].as_str().unwrap().starts_with("system: be brief\n"));
+        assert!(gv["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("system: be brief\n"));
     }
 }

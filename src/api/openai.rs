@@ -183,7 +183,10 @@ impl Protocol for AzureOpenAi {
 }
 
 /// Classifies one OpenAI-style chunk (also vLLM, SGLang, llama.cpp, Azure).
-fn parse_chunk(data: &str, mut answer: Option<&mut String>) -> Result<ParsedEvent, MalformedMessage> {
+fn parse_chunk(
+    data: &str,
+    mut answer: Option<&mut String>,
+) -> Result<ParsedEvent, MalformedMessage> {
     {
         let data = data.trim();
         if data == "[DONE]" {
@@ -300,7 +303,10 @@ mod tests {
                 {"role": "user", "content": "second question"}
             ])
         );
-        let azure = AzureOpenAi { api_version: "v".into() }.build(&crate::api::test_history());
+        let azure = AzureOpenAi {
+            api_version: "v".into(),
+        }
+        .build(&crate::api::test_history());
         let a: serde_json::Value = serde_json::from_slice(&azure.body).unwrap();
         assert_eq!(a["messages"], v["messages"]);
         let mut answer = String::new();
@@ -316,6 +322,9 @@ mod tests {
         assert_eq!(answer, "Hello");
         let completions = OpenAi { chat: false }.build(&crate::api::test_history());
         let c: serde_json::Value = serde_json::from_slice(&completions.body).unwrap();
-        assert!(c["prompt"].as_str().unwrap().ends_with("user: second question"));
+        assert!(c["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("user: second question"));
     }
 }

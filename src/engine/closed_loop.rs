@@ -11,7 +11,9 @@ use rand::{Rng, SeedableRng};
 
 use super::record::RequestRecord;
 use super::request::Transport;
-use super::{Controls, Conversation, Dispatch, EngineOutcome, Issuer, LoadPlan, LoadShape, ThinkTime};
+use super::{
+    Controls, Conversation, Dispatch, EngineOutcome, Issuer, LoadPlan, LoadShape, ThinkTime,
+};
 
 /// Runs `plan` as a closed loop. Returns when all users stop.
 pub async fn run_closed_loop(

@@ -243,12 +243,21 @@ mod tests {
         assert_eq!(recs[1].prompt, "yo");
         let conv = "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"},{\"role\":\"user\",\"content\":\"more\"}]}\n";
         let r = &parse_jsonl(p, conv).unwrap()[0];
-        let roles: Vec<Role> = r.messages.as_ref().unwrap().iter().map(|m| m.role).collect();
+        let roles: Vec<Role> = r
+            .messages
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.role)
+            .collect();
         assert_eq!(
             roles,
             [Role::System, Role::User, Role::Assistant, Role::User]
         );
-        assert_eq!(r.prompt, "system: be brief\nuser: hi\nassistant: hello\nuser: more");
+        assert_eq!(
+            r.prompt,
+            "system: be brief\nuser: hi\nassistant: hello\nuser: more"
+        );
         let cases = [
             ("{\"prompt\":\"a\"}\n{\"prompt\": 3}\n", "d.jsonl:2"),
             (

@@ -282,7 +282,10 @@ impl Dispatch {
         let req = self.request(std::mem::take(&mut c.history), item.max_tokens);
         self.measure(&req, &mut rec).await;
         c.history = req.messages;
-        let answer = rec.answer.as_deref().filter(|a| !a.is_empty() && rec.is_ok());
+        let answer = rec
+            .answer
+            .as_deref()
+            .filter(|a| !a.is_empty() && rec.is_ok());
         match answer {
             Some(a) if c.turn + 1 < self.plan.turns => {
                 c.history.push(ChatMessage::assistant(a));

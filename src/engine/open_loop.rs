@@ -88,7 +88,12 @@ enum Unsent {
 
 /// Emits a `not_sent` record for `first` and every later arrival of the
 /// schedule (`next_due`) that was due by now, within the stop condition.
-fn account_unsent(d: &Dispatch, issuer: &Issuer, first: Unsent, mut next_due: impl FnMut() -> Instant) {
+fn account_unsent(
+    d: &Dispatch,
+    issuer: &Issuer,
+    first: Unsent,
+    mut next_due: impl FnMut() -> Instant,
+) {
     let stopped = Instant::now();
     let mut pending = match first {
         Unsent::Issued(seq, warmup, due) => {

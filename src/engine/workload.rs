@@ -12,8 +12,8 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use super::dataset::DatasetRecord;
-use crate::api::ChatMessage;
 use super::tokenizer::Tokenizer;
+use crate::api::ChatMessage;
 
 /// Common English words that are one token each in cl100k/o200k and Llama 3
 /// tokenizers. With a tokenizer, only the words it confirms are used.
