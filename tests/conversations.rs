@@ -34,6 +34,16 @@ fn sim_of(engine: EngineFlavor) -> sim::SimHandle {
 /// Runs `requests` requests of `turns`-turn conversations with one user and
 /// returns the records in issue order.
 async fn run_turns(url: String, api: ApiKind, requests: u64, turns: u32) -> Vec<RequestRecord> {
+    run_turns_shaped(url, api, requests, turns, LoadShape::Closed { think: None }).await
+}
+
+async fn run_turns_shaped(
+    url: String,
+    api: ApiKind,
+    requests: u64,
+    turns: u32,
+    shape: LoadShape,
+) -> Vec<RequestRecord> {
     let transport = Arc::new(Transport::new(
         &url,
         Default::default(),
@@ -47,7 +57,7 @@ async fn run_turns(url: String, api: ApiKind, requests: u64, turns: u32) -> Vec<
         model: "throtl-sim".into(),
         ignore_eos: true,
         workload: Workload::words(16, PROMPT_WORDS, &TokenLengths::Fixed { n: 5 }, 3),
-        shape: LoadShape::Closed { think: None },
+        shape,
         ramp_up: Duration::ZERO,
         turns,
     });
@@ -265,4 +275,24 @@ fn issue4_turns_from_a_config_file_and_init_from_the_cli() {
         .collect();
     // 8-word prompts and 4-token answers: 8, 8+4+8, 20+4+8.
     assert_eq!(prompts, [8, 20, 32]);
+}
+
+#[tokio::test]
+async fn users_think_between_turns() {
+    let server = sim_of(EngineFlavor::Vllm);
+    let think = throtl::engine::ThinkTime {
+        mean: Duration::from_millis(120),
+        jitter: Duration::ZERO,
+    };
+    let shape = LoadShape::Closed { think: Some(think) };
+    let recs = run_turns_shaped(server.url(), ApiKind::OpenaiChat, 4, 2, shape).await;
+    assert_eq!(recs.len(), 4);
+    for w in recs.windows(2) {
+        assert!(w[1].scheduled >= w[0].end + think.mean, "{:?}", w[1].turn);
+    }
+    assert_eq!(recs[1].turn, Some(1));
+    assert_eq!(
+        recs[1].usage.input_tokens,
+        Some(PROMPT_WORDS + 5 + PROMPT_WORDS)
+    );
 }
