@@ -213,6 +213,7 @@ async fn measure(
         workload,
         shape: cfg.workload.shape,
         ramp_up: cfg.workload.ramp_up,
+        turns: cfg.workload.turns,
     });
     let outcome = engine::run(transport, plan, tx, controls).await;
     let (stats, samples) =

@@ -531,10 +531,7 @@ async fn read_error_body(
     let mut ranges = Vec::new();
     let (mut start, mut end) = (head.len, filled);
     let started = Instant::now();
-    loop {
-        let Ok(framed) = head.framing.take(&buf[start..end], &mut ranges) else {
-            break;
-        };
+    while let Ok(framed) = head.framing.take(&buf[start..end], &mut ranges) {
         for r in &ranges {
             body.extend_from_slice(&buf[start + r.start..start + r.end]);
         }

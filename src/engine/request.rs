@@ -174,7 +174,7 @@ impl Decoder {
         rec: &mut RequestRecord,
     ) -> Step {
         rec.messages += 1;
-        let parsed = match p.parse(event, data) {
+        let parsed = match p.parse_capture(event, data, rec.answer.as_mut()) {
             Ok(e) => e,
             Err(e) => return fail(rec, ErrorClass::Malformed, e.to_string(), at),
         };
