@@ -164,6 +164,8 @@ fn main() {
             "zero-1000",
             "truth-256",
             "truth-1000",
+            "truth-256-ramp",
+            "truth-1000-ramp",
         ]
     };
     for s in scenarios {
