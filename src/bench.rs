@@ -346,18 +346,31 @@ pub fn request_headers(
     cfg: &BenchConfig,
     protocol: &dyn Protocol,
 ) -> Result<HeaderMap, ConfigError> {
+    headers_for(
+        cfg.api_key_env.as_deref(),
+        &cfg.api_options.headers,
+        protocol,
+    )
+}
+
+/// [`request_headers`] from its parts: `--api-key-env` and the `-H` headers.
+pub fn headers_for(
+    api_key_env: Option<&str>,
+    extra: &[(String, String)],
+    protocol: &dyn Protocol,
+) -> Result<HeaderMap, ConfigError> {
     let mut headers = HeaderMap::new();
     for (name, value) in protocol.fixed_headers() {
         headers.insert(*name, HeaderValue::from_static(value));
     }
-    if let Some((var, key)) = api_key(cfg, protocol)? {
+    if let Some((var, key)) = api_key(api_key_env, protocol)? {
         let (name, value) = match protocol.auth() {
             AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {key}")),
             AuthStyle::Header(h) => (HeaderName::from_static(h), key),
         };
         headers.insert(name, sensitive(&value, &format!("the API key in ${var}"))?);
     }
-    for (name, value) in &cfg.api_options.headers {
+    for (name, value) in extra {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ConfigError(format!("-H '{name}' is not a valid header name")))?;
         let value = sensitive(value, &format!("the value of -H '{name}'"))?;
@@ -378,15 +391,15 @@ fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ConfigError> {
 
 /// The API key and the variable it came from, if any.
 fn api_key(
-    cfg: &BenchConfig,
+    api_key_env: Option<&str>,
     protocol: &dyn Protocol,
 ) -> Result<Option<(String, String)>, ConfigError> {
-    let Some(var) = cfg.api_key_env.as_deref().or(protocol.key_env()) else {
+    let Some(var) = api_key_env.or(protocol.key_env()) else {
         return Ok(None);
     };
     match std::env::var(var) {
         Ok(key) if !key.trim().is_empty() => Ok(Some((var.to_owned(), key.trim().to_owned()))),
-        _ if cfg.api_key_env.is_some() => Err(ConfigError(format!(
+        _ if api_key_env.is_some() => Err(ConfigError(format!(
             "--api-key-env names '{var}', but that environment variable is not set"
         ))),
         _ => Ok(None),

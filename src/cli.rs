@@ -20,8 +20,10 @@ use crate::sim::faults::FaultConfig;
 use crate::sim::{EngineFlavor, SimConfig};
 
 mod monitor;
+mod race;
 mod results;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
+pub use race::{RaceArgs, RankArg};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
 
 /// Measure, compare and watch LLM inference servers.
@@ -80,6 +82,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare runs with confidence intervals and significance tests; gate regressions.
     Compare(CompareArgs),
+    /// Stream one prompt to several targets at once, side by side; rank them (--demo: simulators).
+    Race(Box<RaceArgs>),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -563,6 +567,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Probe(args) => run_probe(&args),
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
+        Command::Race(args) => race::run_race(&args),
     }
 }
 

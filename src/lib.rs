@@ -16,6 +16,7 @@ pub mod engine;
 pub mod monitor;
 pub mod probe;
 pub mod progress;
+pub mod race;
 pub mod report;
 pub mod results;
 pub mod scrape;

@@ -408,7 +408,7 @@ pub fn run_compare(args: &CompareArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(REGRESSION_EXIT))
 }
 
-fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for t in raw {
         let Some((name, url)) = t

@@ -219,6 +219,21 @@ pub async fn execute(
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
 ) {
+    execute_with(t, req, rec, cancel, |_, _| {}).await;
+}
+
+/// Like [`execute`], also handing every body chunk of a successful response
+/// to `on_chunk` with its arrival instant, after the instant is taken and
+/// after the chunk is decoded into `rec`. `on_chunk` must be cheap (e.g. a
+/// channel send): it runs on the measuring task. `execute` passes a no-op,
+/// which compiles away.
+pub async fn execute_with(
+    t: &Transport,
+    req: &GenRequest,
+    rec: &mut RequestRecord,
+    cancel: &CancellationToken,
+    on_chunk: impl FnMut(Instant, &Bytes),
+) {
     let spec = t.protocol.build(req);
     let request = match build_request(t, &spec.path, spec.body) {
         Ok(r) => r,
@@ -259,7 +274,7 @@ pub async fn execute(
         read_error_body(resp.into_body(), rec).await;
         return;
     }
-    read_stream(t, resp.into_body(), rec, cancel, deadline).await;
+    read_stream(t, resp.into_body(), rec, cancel, deadline, on_chunk).await;
 }
 
 /// The next data bytes of the body: `Ok(None)` at its end; trailers skipped.
@@ -283,6 +298,7 @@ async fn read_stream(
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
     mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    mut on_chunk: impl FnMut(Instant, &Bytes),
 ) {
     let mut dec = Decoder::new(t.protocol.framing());
     // Created once: re-creating the cancellation future per chunk would
@@ -299,7 +315,9 @@ async fn read_stream(
         let at = Instant::now();
         match chunk {
             Ok(Some(bytes)) => {
-                if let Step::Stop = dec.feed(t.protocol.as_ref(), &bytes, at, rec) {
+                let step = dec.feed(t.protocol.as_ref(), &bytes, at, rec);
+                on_chunk(at, &bytes);
+                if let Step::Stop = step {
                     return;
                 }
             }
