@@ -200,6 +200,17 @@ pub struct BenchArgs {
         help_heading = "Target"
     )]
     pub targets: Vec<String>,
+    /// With several --target: alternate them in ROUNDS rounds (default 5) instead of one after
+    /// another, so drift on this machine hits every target alike (needs --requests).
+    #[arg(
+        long,
+        value_name = "ROUNDS",
+        num_args = 0..=1,
+        default_missing_value = "5",
+        requires = "targets",
+        help_heading = "Target"
+    )]
+    pub interleave: Option<u32>,
     /// Model name to request [default: the first model listed by /v1/models].
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,

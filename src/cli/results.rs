@@ -436,9 +436,69 @@ fn with_suffix(p: &Path, name: &str) -> PathBuf {
     p.with_file_name(file)
 }
 
+async fn run_sequential(
+    targets: &[(String, String)],
+    cfgs: &[crate::config::BenchConfig],
+) -> Result<Vec<(String, RunData)>> {
+    let mut runs = Vec::new();
+    for ((name, url), cfg) in targets.iter().zip(cfgs) {
+        eprintln!("== target {name}: {url}");
+        let run = crate::run_bench_stored_with_interrupt(cfg).await?;
+        super::finish_report(&run.report, cfg)?;
+        let interrupted = run.report.status == crate::report::RunStatus::Interrupted;
+        runs.push((name.clone(), RunData::from(run)));
+        if interrupted {
+            break;
+        }
+    }
+    Ok(runs)
+}
+
+/// `--interleave`: every target's session open at once, turns alternating
+/// (see [`crate::multi`]); progress is one line per turn.
+async fn run_interleaved(
+    targets: &[(String, String)],
+    mut cfgs: Vec<crate::config::BenchConfig>,
+    rounds: u32,
+) -> Result<Vec<(String, RunData)>> {
+    let quiet = cfgs
+        .first()
+        .is_some_and(|c| c.progress == crate::config::ProgressMode::Quiet);
+    for c in &mut cfgs {
+        c.progress = crate::config::ProgressMode::Quiet;
+    }
+    let controls = crate::engine::Controls::default();
+    let grace = cfgs.first().map_or(Duration::from_secs(3), |c| c.grace);
+    let watcher = tokio::spawn(crate::watch_interrupts(controls.clone(), grace, !quiet));
+    eprintln!(
+        "== interleaving {} targets in {rounds} rounds",
+        targets.len()
+    );
+    let result = crate::multi::run_interleaved(&cfgs, rounds, controls, |t, round, o| {
+        if !quiet {
+            eprintln!(
+                "round {}/{rounds}  {}: {:.2} s",
+                round + 1,
+                targets[t].0,
+                (o.ended - o.started).as_secs_f64()
+            );
+        }
+    })
+    .await;
+    watcher.abort();
+    let mut runs = Vec::new();
+    for (((name, url), cfg), run) in targets.iter().zip(&cfgs).zip(result?) {
+        eprintln!("== target {name}: {url}");
+        super::finish_report(&run.report, cfg)?;
+        runs.push((name.clone(), RunData::from(run)));
+    }
+    Ok(runs)
+}
+
 /// `throtl bench --target A=URL --target B=URL …`: the same workload (same
-/// prompts, same seed) against each target in turn, stored as one group, then
-/// compared (the first target is the baseline).
+/// prompts, same seed) against each target in turn (or interleaved with
+/// `--interleave`), stored as one group, then compared (the first target is
+/// the baseline).
 pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
     let targets = parse_targets(&args.targets)?;
     let create = |p: &Option<PathBuf>| -> Result<Option<(PathBuf, std::fs::File)>> {
@@ -459,7 +519,7 @@ pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
     let rt = super::runtime(args.threads)?;
     let group = format!("group-{}", unix_ms());
     let runs = rt.block_on(async {
-        let mut runs = Vec::new();
+        let mut cfgs = Vec::new();
         for (name, url) in &targets {
             let (api, model) = super::resolve_target_at(args, url).await?;
             let mut cfg = args.to_config_for(url, model, api)?;
@@ -469,16 +529,12 @@ pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
             cfg.results.markdown_out = None;
             cfg.results.csv_out = None;
             cfg.results.group = Some(group.clone());
-            eprintln!("== target {name}: {url}");
-            let run = crate::run_bench_stored_with_interrupt(&cfg).await?;
-            super::finish_report(&run.report, &cfg)?;
-            let interrupted = run.report.status == crate::report::RunStatus::Interrupted;
-            runs.push((name.clone(), RunData::from(run)));
-            if interrupted {
-                break;
-            }
+            cfgs.push(cfg);
         }
-        anyhow::Ok(runs)
+        match args.interleave {
+            Some(rounds) => run_interleaved(&targets, cfgs, rounds).await,
+            None => run_sequential(&targets, &cfgs).await,
+        }
     })?;
     let mut s = String::from("\n== comparison (baseline: the first target)\n");
     for (i, (name, r)) in runs.iter().enumerate() {

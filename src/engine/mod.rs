@@ -90,6 +90,10 @@ pub struct LoadPlan {
     pub shape: LoadShape,
     /// Load ramps up over this long; requests due during the ramp count as warmup.
     pub ramp_up: Duration,
+    /// Sequence number of the first request (0; later slices of an
+    /// interleaved multi-target bench continue where the previous one ended,
+    /// so they send the next prompts of the workload).
+    pub first_seq: u64,
 }
 
 /// Signals that end a run early: `soft` stops issuing; `hard` cancels in-flight requests.
@@ -128,7 +132,7 @@ impl Issuer {
     fn new(plan: Arc<LoadPlan>, soft: CancellationToken, started: Instant) -> Self {
         let ramp_end = started + plan.ramp_up;
         Self {
-            next: AtomicU64::new(0),
+            next: AtomicU64::new(plan.first_seq),
             measured: AtomicU64::new(0),
             plan,
             measure_start: OnceLock::new(),
@@ -144,7 +148,7 @@ impl Issuer {
             return None;
         }
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        if seq < self.plan.warmup || due < self.ramp_end {
+        if seq < self.plan.first_seq + self.plan.warmup || due < self.ramp_end {
             return Some((seq, true));
         }
         let go = match self.plan.stop {
