@@ -252,6 +252,7 @@ impl Session {
             shape: cfg.workload.shape,
             ramp_up: slice.ramp_up,
             first_seq: slice.first_seq,
+            turns: cfg.workload.turns,
         });
         let outcome = engine::run(self.transport.clone(), plan, self.tx.clone(), controls).await;
         self.slices.push(outcome);
@@ -427,13 +428,7 @@ fn build_transport(cfg: &BenchConfig) -> Result<Transport, BenchError> {
         api_version: cfg.api_options.api_version.clone(),
     }));
     let headers = request_headers(cfg, protocol.as_ref())?;
-    Ok(Transport {
-        client: crate::engine::request::build_http_client(),
-        base: cfg.url.clone(),
-        headers,
-        protocol,
-        timeout: cfg.timeout,
-    })
+    Ok(Transport::new(&cfg.url, headers, protocol, cfg.timeout))
 }
 
 /// Every header sent with each request: the protocol's fixed headers, the

@@ -83,6 +83,9 @@ pub struct WorkloadArgs {
     /// Number of distinct shared prefixes.
     #[arg(long, default_value_t = 1, help_heading = "Data")]
     pub prefix_groups: u32,
+    /// Chat turns per conversation: each turn resends the history (earlier prompts and the answers streamed back) plus a new prompt. Closed loop, chat protocols.
+    #[arg(long, default_value_t = 1, help_heading = "Data")]
+    pub turns: u32,
 
     /// Service-level objective METRIC=DURATION (ttft, tpot, itl, e2e); repeatable.
     #[arg(long, value_parser = Slo::parse, help_heading = "SLO")]
@@ -176,6 +179,7 @@ impl WorkloadArgs {
             dataset: self.dataset.clone(),
             prefix_tokens: self.prefix_tokens,
             prefix_groups: self.prefix_groups,
+            turns: self.turns,
             slos: self.slo.clone(),
             slo_percentile: self.slo_percentile,
         })

@@ -145,6 +145,8 @@ pub struct WorkloadOptions {
     pub prefix_tokens: u32,
     /// Number of distinct shared prefixes.
     pub prefix_groups: u32,
+    /// Chat turns per conversation (`--turns`; 1: independent requests).
+    pub turns: u32,
     /// Objectives judged per request and at `slo_percentile`.
     pub slos: Vec<Slo>,
     /// Percentile the SLOs are judged at (e.g. 95).
@@ -162,6 +164,7 @@ impl Default for WorkloadOptions {
             dataset: None,
             prefix_tokens: 0,
             prefix_groups: 1,
+            turns: 1,
             slos: Vec::new(),
             slo_percentile: 95.0,
         }
@@ -182,6 +185,14 @@ impl WorkloadOptions {
                     "--max-concurrency must be at least 1 (leave it out for no cap)".into(),
                 ));
             }
+        }
+        if self.turns == 0 {
+            return Err(ConfigError("--turns must be at least 1".into()));
+        }
+        if self.turns > 1 && matches!(self.shape, LoadShape::Open { .. }) {
+            return Err(ConfigError(
+                "--turns runs each conversation's turns one after another per user, so it needs a closed loop: use --concurrency or --users (with --think-time) instead of --rate".into(),
+            ));
         }
         if self.prefix_groups == 0 {
             return Err(ConfigError("--prefix-groups must be at least 1".into()));
@@ -260,6 +271,12 @@ impl BenchConfig {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError("--timeout must be longer than 0s".into()));
+        }
+        if self.workload.turns > 1 && !self.api.is_chat() {
+            return Err(ConfigError(format!(
+                "--turns {} needs a chat protocol that takes a message list, and --api {} sends a single prompt. Use --api openai-chat (TGI and vLLM serve /v1/chat/completions) or --api ollama-chat, or drop --turns",
+                self.workload.turns, self.api
+            )));
         }
         self.workload.validate()
     }

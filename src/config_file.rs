@@ -46,6 +46,7 @@ tokenizer: cl100k_base            # o200k_base, path/to/tokenizer.json, or words
 # dataset: jsonl:prompts.jsonl    # or sharegpt:ShareGPT_V3.json
 # prefix-tokens: 1024             # shared prefix per group (prefix caching)
 # prefix-groups: 8
+# turns: 4                        # multi-turn chat: each turn resends the history and the real answers
 ignore-eos: true                  # generate exactly max_tokens on vLLM-like servers
 seed: 0
 

@@ -10,7 +10,7 @@ use crate::report::{
     TargetInfo, Throughput, TokenTotals, RUN_SCHEMA,
 };
 use crate::report::{ScheduleReport, WorkloadReport};
-use crate::slo::{SloObjectiveReport, SloReport};
+use crate::slo::SloReport;
 use crate::stats::{ArrivalCounts, Stats, LATE_AFTER};
 
 /// Builds the report of a finished (or interrupted) run.
@@ -136,7 +136,7 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
         think_time_s: None,
         arrivals: a.total(),
         offered_rate_per_s: ArrivalCounts::rate(a.total(), a.scheduled_span),
-        sent_rate_per_s: ArrivalCounts::rate(a.total(), a.sent_span),
+        sent_rate_per_s: ArrivalCounts::rate(a.sent(), a.sent_span),
         completed_rate_per_s: if window > 0.0 {
             finished as f64 / window
         } else {
@@ -145,6 +145,7 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
         on_time: a.on_time,
         late: a.late,
         held_by_cap: a.held,
+        not_sent_interrupted: a.not_sent,
         late_after_ms: LATE_AFTER.as_secs_f64() * 1000.0,
     };
     match cfg.workload.shape {
@@ -190,51 +191,8 @@ fn workload_report(cfg: &BenchConfig, s: &Stats, distinct_prompts: usize) -> Wor
 }
 
 fn slo_report(cfg: &BenchConfig, s: &Stats, window: f64) -> Option<SloReport> {
-    let slos = &cfg.workload.slos;
-    if slos.is_empty() {
-        return None;
-    }
-    let q = cfg.workload.slo_percentile / 100.0;
-    let objectives: Vec<SloObjectiveReport> = slos
-        .iter()
-        .map(|o| {
-            let h = match o.metric {
-                crate::slo::SloMetric::Ttft => &s.ttft,
-                crate::slo::SloMetric::Tpot => &s.tpot,
-                crate::slo::SloMetric::Itl => &s.itl,
-                crate::slo::SloMetric::E2e => &s.e2e,
-            };
-            let observed_ms = if h.count() == 0 {
-                f64::INFINITY
-            } else {
-                h.inner().value_at_quantile(q) as f64 / 1000.0
-            };
-            let threshold_ms = o.threshold.as_secs_f64() * 1000.0;
-            SloObjectiveReport {
-                metric: o.metric,
-                threshold_ms,
-                observed_ms,
-                met: observed_ms <= threshold_ms,
-            }
-        })
-        .collect();
-    let total = s.ok + s.failed();
-    Some(SloReport {
-        percentile: cfg.workload.slo_percentile,
-        met: objectives.iter().all(|o| o.met) && s.ok > 0,
-        objectives,
-        good_requests: s.good,
-        attainment: if total > 0 {
-            s.good as f64 / total as f64
-        } else {
-            0.0
-        },
-        goodput_requests_per_s: if window > 0.0 {
-            s.good as f64 / window
-        } else {
-            0.0
-        },
-    })
+    let w = &cfg.workload;
+    (!w.slos.is_empty()).then(|| crate::slo::judge(&w.slos, w.slo_percentile, s, window))
 }
 
 /// Warnings about the schedule and workload, each naming what to change.

@@ -202,3 +202,60 @@ async fn rate_sweep_finds_the_capacity_knee() {
         "overload shows up as latency"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue4_rates_auto_probes_the_maximum_then_sweeps_fractions_of_it() {
+    let url = capacity_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("auto.json");
+    let mut b = base(url, Some(json.clone()));
+    b.concurrency = 8;
+    b.stop = StopCondition::Duration(Duration::from_millis(500));
+    b.warmup = 0;
+    b.workload.slos.clear();
+    let cfg = SweepConfig {
+        base: b,
+        axis: SweepAxis::RatesAuto,
+        json_out: Some(json.clone()),
+    };
+    let report = throtl::sweep::run(&cfg, Controls::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.axis, "rate");
+    let max = report.probe.as_ref().unwrap().throughput.requests_per_s;
+    // The server's capacity is 50 req/s; the closed-loop probe at 8 saturates it.
+    assert!((35.0..=60.0).contains(&max), "{max}");
+    let loads: Vec<f64> = report.steps.iter().map(|s| s.load).collect();
+    assert_eq!(loads.len(), 7, "{loads:?}");
+    for (load, f) in loads.iter().zip([0.10, 0.25, 0.50, 0.70, 0.85, 1.00, 1.15]) {
+        assert!((load / max - f).abs() < 0.05, "{loads:?} of {max}");
+    }
+    // Each step is an open loop at its rate.
+    for s in &report.steps {
+        let sc = s.run.schedule.as_ref().unwrap();
+        assert_eq!(sc.mode, "open");
+        assert_eq!(sc.target_rate_per_s, Some(s.load));
+    }
+    assert!(report.knee.is_some());
+    // Every step of --json, and the probe, validate against the core run schema.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/run.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(out["steps"].as_array().unwrap().len(), 7);
+    for run in out["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["run"])
+        .chain([&out["probe"]])
+    {
+        let errors: Vec<String> = validator.iter_errors(run).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    assert!(out["knee"].is_object());
+}

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
-    ParsedEvent, Protocol, Usage,
+    capture, from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec,
+    MalformedMessage, ParsedEvent, Protocol, Role, Usage,
 };
 
 /// The `anthropic-version` header value sent.
@@ -57,10 +57,13 @@ struct WireUsage {
 
 impl Protocol for Anthropic {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
-        let body = json!({
+        let mut body = json!({
             "model": req.model, "max_tokens": req.max_tokens, "stream": true,
-            "messages": [{"role": "user", "content": req.prompt}],
+            "messages": chat_messages(req),
         });
+        if let Some(system) = system_text(req) {
+            body["system"] = json!(system);
+        }
         HttpRequestSpec {
             path: "/v1/messages".into(),
             body: body.to_string().into_bytes(),
@@ -71,7 +74,12 @@ impl Protocol for Anthropic {
         Framing::Sse
     }
 
-    fn parse(&self, event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let ev: Event<'_> = from_json(data.trim())?;
         if ev.kind == "error" || event == Some("error") {
             let msg = ev.error.map_or_else(|| data.to_owned(), |e| e.to_string());
@@ -88,6 +96,9 @@ impl Protocol for Anthropic {
                 });
             }
             "content_block_delta" => {
+                if let Some(d) = &ev.delta {
+                    capture(&mut answer, &d.text);
+                }
                 out.content = ev
                     .delta
                     .is_some_and(|d| has_text(&d.text) || has_text(&d.thinking));
@@ -117,6 +128,26 @@ impl Protocol for Anthropic {
     }
 }
 
+/// Non-system messages; Anthropic takes the system prompt as a top-level field.
+fn chat_messages(req: &GenRequest) -> serde_json::Value {
+    req.messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+        .collect()
+}
+
+/// The system messages joined, if any.
+fn system_text(req: &GenRequest) -> Option<String> {
+    let parts: Vec<&str> = req
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| m.content.as_str())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("\n\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +175,33 @@ mod tests {
         assert!(p.parse(None, r#"{"type":"message_stop"}"#).unwrap().done);
         let e = p.parse(Some("error"), r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#).unwrap();
         assert!(e.error.unwrap().contains("Overloaded"));
+    }
+
+    #[test]
+    fn history_puts_system_on_top_and_text_deltas_are_captured() {
+        let spec = Anthropic.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(v["system"], "be brief");
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": "second question"}
+            ])
+        );
+        let single = Anthropic.build(&GenRequest::single("m", "p", 1, false));
+        let s: serde_json::Value = serde_json::from_slice(&single.body).unwrap();
+        assert!(s.get("system").is_none());
+        let mut answer = String::new();
+        for d in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":" there"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ] {
+            Anthropic.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi there");
     }
 }

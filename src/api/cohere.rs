@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
-    Protocol, Usage,
+    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
+    ParsedEvent, Protocol, Usage,
 };
 
 /// The Cohere v2 chat protocol.
@@ -74,7 +74,7 @@ impl Protocol for Cohere {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let body = json!({
             "model": req.model, "stream": true, "max_tokens": req.max_tokens,
-            "messages": [{"role": "user", "content": req.prompt}],
+            "messages": req.role_content_json(),
         });
         HttpRequestSpec {
             path: "/v2/chat".into(),
@@ -86,7 +86,12 @@ impl Protocol for Cohere {
         Framing::Sse
     }
 
-    fn parse(&self, event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let data = data.trim();
         if data == "[DONE]" {
             return Ok(ParsedEvent::done());
@@ -100,11 +105,13 @@ impl Protocol for Cohere {
         let mut out = ParsedEvent::default();
         match kind {
             "content-delta" => {
-                out.content = ev
+                let text = ev
                     .delta
                     .and_then(|d| d.message)
                     .and_then(|m| m.content)
-                    .is_some_and(|c| has_text(&c.text));
+                    .and_then(|c| c.text);
+                capture(&mut answer, &text);
+                out.content = has_text(&text);
             }
             "message-end" => {
                 if let Some(d) = ev
@@ -164,5 +171,29 @@ mod tests {
             )
             .unwrap();
         assert!(err.error.unwrap().contains("boom"));
+    }
+
+    #[test]
+    fn history_is_sent_as_messages_and_content_deltas_are_captured() {
+        let spec = Cohere.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        let roles: Vec<&str> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(v["messages"][2]["content"], "first answer");
+        let mut answer = String::new();
+        for d in [
+            r#"{"type":"content-start","index":0,"delta":{"message":{"content":{"type":"text","text":""}}}}"#,
+            r#"{"type":"content-delta","index":0,"delta":{"message":{"content":{"text":"Hello"}}}}"#,
+            r#"{"type":"content-delta","index":0,"delta":{"message":{"content":{"text":"!"}}}}"#,
+            r#"{"type":"message-end","delta":{"finish_reason":"COMPLETE"}}"#,
+        ] {
+            Cohere.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hello!");
     }
 }

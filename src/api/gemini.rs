@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    encode_path, from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec,
-    MalformedMessage, ParsedEvent, Protocol, Usage,
+    capture, encode_path, from_json, has_text, AuthStyle, Framing, GenRequest, HttpRequestSpec,
+    MalformedMessage, ParsedEvent, Protocol, Role, Usage,
 };
 
 /// The Gemini protocol.
@@ -48,6 +48,8 @@ struct Content<'a> {
 struct Part<'a> {
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    thought: bool,
 }
 
 #[derive(Deserialize)]
@@ -61,10 +63,19 @@ struct UsageMetadata {
 impl Protocol for Gemini {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let model = req.model.strip_prefix("models/").unwrap_or(&req.model);
-        let body = json!({
-            "contents": [{"role": "user", "parts": [{"text": req.prompt}]}],
+        let mut body = json!({
+            "contents": contents(req),
             "generationConfig": {"maxOutputTokens": req.max_tokens},
         });
+        let system: Vec<serde_json::Value> = req
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| json!({"text": m.content}))
+            .collect();
+        if !system.is_empty() {
+            body["systemInstruction"] = json!({"parts": system});
+        }
         HttpRequestSpec {
             path: format!(
                 "/v1beta/models/{}:streamGenerateContent?alt=sse",
@@ -78,10 +89,26 @@ impl Protocol for Gemini {
         Framing::Sse
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let chunk: Chunk<'_> = from_json(data.trim())?;
         if let Some(e) = chunk.error {
             return Ok(ParsedEvent::error(&e.to_string()));
+        }
+        if answer.is_some() {
+            // The first candidate is the answer; thought parts are not part of it.
+            let parts = chunk.candidates.first().and_then(|c| c.content.as_ref());
+            for p in parts
+                .iter()
+                .flat_map(|c| c.parts.iter())
+                .filter(|p| !p.thought)
+            {
+                capture(&mut answer, &p.text);
+            }
         }
         let content = chunk
             .candidates
@@ -111,6 +138,22 @@ impl Protocol for Gemini {
     fn auth(&self) -> AuthStyle {
         AuthStyle::Header("x-goog-api-key")
     }
+}
+
+/// Non-system messages as Gemini `contents`: role `user` or `model`.
+fn contents(req: &GenRequest) -> serde_json::Value {
+    req.messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| {
+            let role = if m.role == Role::Assistant {
+                "model"
+            } else {
+                "user"
+            };
+            json!({"role": role, "parts": [{"text": m.content}]})
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,15 +186,42 @@ mod tests {
             )
             .unwrap();
         assert!(err.error.is_some());
-        let spec = p.build(&GenRequest {
-            model: "models/gemini-2.0-flash".into(),
-            prompt: "p".into(),
-            max_tokens: 5,
-            ignore_eos: false,
-        });
+        let spec = p.build(&GenRequest::single(
+            "models/gemini-2.0-flash",
+            "p",
+            5,
+            false,
+        ));
         assert_eq!(
             spec.path,
             "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
         );
+    }
+
+    #[test]
+    fn history_maps_assistant_to_model_and_parts_text_is_captured() {
+        let spec = Gemini.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            v["systemInstruction"],
+            serde_json::json!({"parts": [{"text": "be brief"}]})
+        );
+        assert_eq!(
+            v["contents"],
+            serde_json::json!([
+                {"role": "user", "parts": [{"text": "first question"}]},
+                {"role": "model", "parts": [{"text": "first answer"}]},
+                {"role": "user", "parts": [{"text": "second question"}]}
+            ])
+        );
+        let mut answer = String::new();
+        for d in [
+            r#"{"candidates":[{"content":{"parts":[{"text":"plan","thought":true}],"role":"model"}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hi"},{"text":" you"}],"role":"model"}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"."}]},"finishReason":"STOP"}]}"#,
+        ] {
+            Gemini.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi you.");
     }
 }

@@ -96,6 +96,15 @@ impl ApiKind {
         }
     }
 
+    /// True for protocols that send a message list (and so can carry a
+    /// multi-turn history); false for completion-only routes.
+    pub fn is_chat(self) -> bool {
+        !matches!(
+            self,
+            ApiKind::OpenaiCompletions | ApiKind::Tgi | ApiKind::OllamaGenerate
+        )
+    }
+
     /// Parses an `--api` spelling.
     pub fn parse(s: &str) -> Option<ApiKind> {
         ApiKind::ALL.into_iter().find(|k| k.as_str() == s)
@@ -124,17 +133,103 @@ impl fmt::Display for ApiKind {
     }
 }
 
-/// What to generate: one request's prompt and limits, protocol-neutral.
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions (Anthropic `system`, Gemini `systemInstruction`).
+    System,
+    /// The user.
+    User,
+    /// The model's earlier answer (Gemini role `model`).
+    Assistant,
+}
+
+impl Role {
+    /// The OpenAI-style role name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One message of a chat history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Its author.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+
+    /// An assistant (model) message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// What to generate: one request's messages and limits, protocol-neutral.
 #[derive(Debug, Clone)]
 pub struct GenRequest {
     /// The model name sent to the server.
     pub model: String,
-    /// The prompt text (a single user message for chat protocols).
-    pub prompt: String,
+    /// The conversation so far, ending with the new user message. Chat
+    /// protocols send it as their message list; completion protocols send
+    /// [`GenRequest::prompt_text`].
+    pub messages: Vec<ChatMessage>,
     /// Maximum number of tokens to generate.
     pub max_tokens: u32,
     /// Ask vLLM-style servers to keep generating past end-of-sequence.
     pub ignore_eos: bool,
+}
+
+impl GenRequest {
+    /// A request of one user message.
+    pub fn single(model: &str, prompt: &str, max_tokens: u32, ignore_eos: bool) -> Self {
+        Self {
+            model: model.to_owned(),
+            messages: vec![ChatMessage::user(prompt)],
+            max_tokens,
+            ignore_eos,
+        }
+    }
+
+    /// The prompt of completion-only protocols: a lone message's text as is;
+    /// several messages one per line as `role: content`.
+    pub fn prompt_text(&self) -> std::borrow::Cow<'_, str> {
+        if let [only] = self.messages.as_slice() {
+            return std::borrow::Cow::Borrowed(&only.content);
+        }
+        let lines: Vec<String> = self
+            .messages
+            .iter()
+            .map(|m| format!("{}: {}", m.role.as_str(), m.content))
+            .collect();
+        std::borrow::Cow::Owned(lines.join("\n"))
+    }
+
+    /// Messages as OpenAI-style `[{"role","content"}]` (OpenAI, Cohere, Ollama).
+    pub(crate) fn role_content_json(&self) -> serde_json::Value {
+        self.messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}))
+            .collect()
+    }
 }
 
 /// An HTTP request ready to send: path relative to the target's base URL.
@@ -231,7 +326,18 @@ pub trait Protocol: Send + Sync {
     /// How the response body is framed.
     fn framing(&self) -> Framing;
     /// Classifies one framed message (`event` is the SSE event name, if any).
-    fn parse(&self, event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage>;
+    fn parse(&self, event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+        self.parse_capture(event, data, None)
+    }
+    /// Like [`Protocol::parse`]; with `answer`, also appends the answer text
+    /// the message carries (not reasoning or thinking text) to it. Only
+    /// multi-turn workloads pass `answer`, so single-turn runs never copy text.
+    fn parse_capture(
+        &self,
+        event: Option<&str>,
+        data: &str,
+        answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage>;
     /// The conventional environment variable holding this API's key.
     fn key_env(&self) -> Option<&'static str> {
         Some("OPENAI_API_KEY")
@@ -249,6 +355,13 @@ pub trait Protocol: Send + Sync {
 /// Parses a JSON message or reports it as malformed.
 pub(crate) fn from_json<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, MalformedMessage> {
     serde_json::from_str(data).map_err(|_| MalformedMessage(sample_text(data, 200)))
+}
+
+/// Appends `text` to the answer being captured, if any.
+pub(crate) fn capture(answer: &mut Option<&mut String>, text: &Option<std::borrow::Cow<'_, str>>) {
+    if let (Some(buf), Some(t)) = (answer.as_deref_mut(), text.as_deref()) {
+        buf.push_str(t);
+    }
 }
 
 /// Non-empty text.
@@ -279,4 +392,43 @@ pub fn encode_path(s: &str) -> String {
         }
     }
     out
+}
+
+/// A four-message history (system, user, assistant, user) for protocol tests.
+#[cfg(test)]
+pub(crate) fn test_history() -> GenRequest {
+    GenRequest {
+        model: "m".into(),
+        messages: vec![
+            ChatMessage {
+                role: Role::System,
+                content: "be brief".into(),
+            },
+            ChatMessage::user("first question"),
+            ChatMessage::assistant("first answer"),
+            ChatMessage::user("second question"),
+        ],
+        max_tokens: 4,
+        ignore_eos: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_prompt_flattens_a_history_and_keeps_a_lone_prompt() {
+        assert_eq!(
+            test_history().prompt_text(),
+            "system: be brief\nuser: first question\nassistant: first answer\nuser: second question"
+        );
+        assert_eq!(
+            GenRequest::single("m", "just this", 1, false).prompt_text(),
+            "just this"
+        );
+        assert!(ApiKind::OpenaiChat.is_chat() && ApiKind::Gemini.is_chat());
+        assert!(!ApiKind::Tgi.is_chat() && !ApiKind::OpenaiCompletions.is_chat());
+        assert!(!ApiKind::OllamaGenerate.is_chat());
+    }
 }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage, ParsedEvent,
-    Protocol, ServerTimings, Usage,
+    capture, from_json, has_text, Framing, GenRequest, HttpRequestSpec, MalformedMessage,
+    ParsedEvent, Protocol, ServerTimings, Usage,
 };
 
 /// The Ollama protocol; `chat` selects `/api/chat` over `/api/generate`.
@@ -74,7 +74,7 @@ impl Protocol for Ollama {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let options = json!({"num_predict": req.max_tokens});
         let (path, body) = if self.chat {
-            let msgs = json!([{"role": "user", "content": req.prompt}]);
+            let msgs = req.role_content_json();
             (
                 "/api/chat",
                 json!({"model": req.model, "messages": msgs, "stream": true, "options": options}),
@@ -82,7 +82,7 @@ impl Protocol for Ollama {
         } else {
             (
                 "/api/generate",
-                json!({"model": req.model, "prompt": req.prompt, "stream": true, "options": options}),
+                json!({"model": req.model, "prompt": req.prompt_text(), "stream": true, "options": options}),
             )
         };
         HttpRequestSpec {
@@ -95,11 +95,22 @@ impl Protocol for Ollama {
         Framing::Ndjson
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let line: Line<'_> = from_json(data)?;
         if let Some(e) = &line.error {
             let msg = e.as_str().map_or_else(|| e.to_string(), str::to_owned);
             return Ok(ParsedEvent::error(&msg));
+        }
+        if answer.is_some() {
+            capture(&mut answer, &line.response);
+            if let Some(m) = &line.message {
+                capture(&mut answer, &m.content);
+            }
         }
         let mut ev = ParsedEvent {
             content: line.has_content(),
@@ -154,5 +165,34 @@ mod tests {
         );
         let err = p.parse(None, r#"{"error":"model 'x' not found"}"#).unwrap();
         assert!(err.error.unwrap().contains("not found"));
+    }
+
+    #[test]
+    fn chat_sends_the_history_and_message_content_is_captured() {
+        let p = Ollama { chat: true };
+        let spec = p.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(spec.path, "/api/chat");
+        assert_eq!(
+            v["messages"][0],
+            serde_json::json!({"role": "system", "content": "be brief"})
+        );
+        assert_eq!(v["messages"][3]["content"], "second question");
+        let mut answer = String::new();
+        for d in [
+            r#"{"message":{"role":"assistant","content":"","thinking":"hmm"},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":" all"},"done":false}"#,
+            r#"{"message":{"role":"assistant","content":""},"done":true,"eval_count":2}"#,
+        ] {
+            p.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi all");
+        let g = Ollama { chat: false }.build(&crate::api::test_history());
+        let gv: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
+        assert!(gv["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("system: be brief\n"));
     }
 }

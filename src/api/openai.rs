@@ -94,9 +94,9 @@ impl Choice<'_> {
 impl OpenAi {
     fn body(&self, req: &GenRequest) -> serde_json::Value {
         let mut body = if self.chat {
-            json!({"model": req.model, "messages": [{"role": "user", "content": req.prompt}]})
+            json!({"model": req.model, "messages": req.role_content_json()})
         } else {
-            json!({"model": req.model, "prompt": req.prompt})
+            json!({"model": req.model, "prompt": req.prompt_text()})
         };
         body["stream"] = json!(true);
         body["max_tokens"] = json!(req.max_tokens);
@@ -126,8 +126,13 @@ impl Protocol for OpenAi {
         Framing::Sse
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
-        parse_chunk(data)
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
+        parse_chunk(data, answer)
     }
 }
 
@@ -159,8 +164,13 @@ impl Protocol for AzureOpenAi {
         Framing::Sse
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
-        parse_chunk(data)
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
+        parse_chunk(data, answer)
     }
 
     fn key_env(&self) -> Option<&'static str> {
@@ -173,7 +183,10 @@ impl Protocol for AzureOpenAi {
 }
 
 /// Classifies one OpenAI-style chunk (also vLLM, SGLang, llama.cpp, Azure).
-fn parse_chunk(data: &str) -> Result<ParsedEvent, MalformedMessage> {
+fn parse_chunk(
+    data: &str,
+    mut answer: Option<&mut String>,
+) -> Result<ParsedEvent, MalformedMessage> {
     {
         let data = data.trim();
         if data == "[DONE]" {
@@ -194,6 +207,15 @@ fn parse_chunk(data: &str) -> Result<ParsedEvent, MalformedMessage> {
             .choices
             .as_ref()
             .is_some_and(|cs| cs.iter().any(Choice::has_content));
+        if answer.is_some() {
+            // The first choice is the answer (n = 1); reasoning text is not part of it.
+            if let Some(c) = chunk.choices.as_ref().and_then(|cs| cs.first()) {
+                super::capture(&mut answer, &c.text);
+                if let Some(d) = &c.delta {
+                    super::capture(&mut answer, &d.content);
+                }
+            }
+        }
         let usage = chunk.usage.map(|u| Usage {
             input_tokens: u.prompt_tokens,
             output_tokens: u.completion_tokens,
@@ -260,16 +282,49 @@ mod tests {
                 .unwrap()
                 .content
         );
-        let spec = p.build(&GenRequest {
-            model: "m".into(),
-            prompt: "p".into(),
-            max_tokens: 3,
-            ignore_eos: true,
-        });
+        let spec = p.build(&GenRequest::single("m", "p", 3, true));
         let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
         assert_eq!(spec.path, "/v1/completions");
         assert_eq!(v["max_tokens"], 3);
         assert_eq!(v["ignore_eos"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn chat_renders_a_history_and_captures_delta_content() {
+        let spec = CHAT.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": "second question"}
+            ])
+        );
+        let azure = AzureOpenAi {
+            api_version: "v".into(),
+        }
+        .build(&crate::api::test_history());
+        let a: serde_json::Value = serde_json::from_slice(&azure.body).unwrap();
+        assert_eq!(a["messages"], v["messages"]);
+        let mut answer = String::new();
+        for d in [
+            r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"Hel"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"lo"}}]}"#,
+            "[DONE]",
+        ] {
+            CHAT.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hello");
+        let completions = OpenAi { chat: false }.build(&crate::api::test_history());
+        let c: serde_json::Value = serde_json::from_slice(&completions.body).unwrap();
+        assert!(c["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("user: second question"));
     }
 }

@@ -49,7 +49,7 @@ struct Details {
 impl Protocol for Tgi {
     fn build(&self, req: &GenRequest) -> HttpRequestSpec {
         let body = json!({
-            "inputs": req.prompt,
+            "inputs": req.prompt_text(),
             "parameters": {"max_new_tokens": req.max_tokens, "details": true, "do_sample": false},
         });
         HttpRequestSpec {
@@ -62,16 +62,22 @@ impl Protocol for Tgi {
         Framing::Sse
     }
 
-    fn parse(&self, _event: Option<&str>, data: &str) -> Result<ParsedEvent, MalformedMessage> {
+    fn parse_capture(
+        &self,
+        _event: Option<&str>,
+        data: &str,
+        mut answer: Option<&mut String>,
+    ) -> Result<ParsedEvent, MalformedMessage> {
         let ev: Event<'_> = from_json(data.trim())?;
         if let Some(e) = ev.error {
             let kind = ev.error_type.as_deref().unwrap_or("error");
             return Ok(ParsedEvent::error(&format!("{kind}: {e}")));
         }
-        let content = ev
-            .token
-            .as_ref()
-            .is_some_and(|t| !t.special && super::has_text(&t.text));
+        let token = ev.token.as_ref().filter(|t| !t.special);
+        if let Some(t) = token {
+            super::capture(&mut answer, &t.text);
+        }
+        let content = token.is_some_and(|t| super::has_text(&t.text));
         let usage = ev.details.map(|d| Usage {
             input_tokens: d.input_length,
             output_tokens: d.generated_tokens,
@@ -119,5 +125,24 @@ mod tests {
             .parse(None, r#"{"error":"OOM","error_type":"generation"}"#)
             .unwrap();
         assert_eq!(err.error.as_deref(), Some("generation: OOM"));
+    }
+
+    #[test]
+    fn history_is_flattened_into_inputs_and_token_text_is_captured() {
+        let spec = Tgi.build(&crate::api::test_history());
+        let v: serde_json::Value = serde_json::from_slice(&spec.body).unwrap();
+        assert_eq!(
+            v["inputs"],
+            "system: be brief\nuser: first question\nassistant: first answer\nuser: second question"
+        );
+        let mut answer = String::new();
+        for d in [
+            r#"{"index":1,"token":{"id":5,"text":"Hi","special":false},"generated_text":null,"details":null}"#,
+            r#"{"index":2,"token":{"id":6,"text":" x","special":false},"generated_text":null,"details":null}"#,
+            r#"{"index":3,"token":{"id":2,"text":"</s>","special":true},"generated_text":"Hi x","details":null}"#,
+        ] {
+            Tgi.parse_capture(None, d, Some(&mut answer)).unwrap();
+        }
+        assert_eq!(answer, "Hi x");
     }
 }

@@ -11,7 +11,9 @@ use rand::{Rng, SeedableRng};
 
 use super::record::RequestRecord;
 use super::request::Transport;
-use super::{Controls, Dispatch, EngineOutcome, InFlight, Issuer, LoadPlan, LoadShape, ThinkTime};
+use super::{
+    Controls, Conversation, Dispatch, EngineOutcome, Issuer, LoadPlan, LoadShape, ThinkTime,
+};
 
 /// Runs `plan` as a closed loop. Returns when all users stop.
 pub async fn run_closed_loop(
@@ -30,13 +32,7 @@ pub async fn run_closed_loop(
         LoadShape::Closed { think } => think,
         LoadShape::Open { .. } => None,
     };
-    let d = Dispatch {
-        transport,
-        plan: Arc::clone(&plan),
-        sink,
-        hard: controls.hard.clone(),
-        in_flight: Arc::new(InFlight::default()),
-    };
+    let d = Dispatch::new(transport, Arc::clone(&plan), sink, controls.hard.clone());
     let mut users = tokio::task::JoinSet::new();
     let n = plan.concurrency.max(1);
     for i in 0..n {
@@ -62,8 +58,14 @@ async fn user(
     if !sleep_until(due, &issuer).await {
         return;
     }
+    let mut conv: Option<Conversation> = None;
     while let Some((seq, warmup)) = issuer.next(due) {
-        if !d.run_one(seq, warmup, due, false).await {
+        let alive = if d.plan.turns > 1 {
+            d.run_turn(seq, warmup, due, &mut conv).await
+        } else {
+            d.run_one(seq, warmup, due, false).await
+        };
+        if !alive {
             return;
         }
         due = Instant::now() + think.map_or(Duration::ZERO, |t| draw_think(t, &mut rng));

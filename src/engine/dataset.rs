@@ -1,7 +1,8 @@
 //! Prompts from files: `--dataset jsonl:PATH` and `--dataset sharegpt:PATH`.
 //!
 //! JSONL: one object per line with `"prompt"` (a string) or `"messages"` (an
-//! array of `{"role","content"}`), and optionally `"max_tokens"`. ShareGPT: a
+//! array of `{"role","content"}`, role `system`, `user` or `assistant`; chat
+//! protocols receive it as a real message list), and optionally `"max_tokens"`. ShareGPT: a
 //! JSON array of `{"conversations":[{"from":"human","value":…},{"from":"gpt","value":…}]}`;
 //! the first human turn is the prompt and the length of the first reply is
 //! `max_tokens` (vLLM's benchmark does the same). Every problem names the line
@@ -10,6 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::api::{ChatMessage, Role};
 
 /// File formats of `--dataset`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,8 +45,11 @@ pub struct DatasetError(pub String);
 /// One prompt from a dataset, before tokenization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetRecord {
-    /// The prompt text.
+    /// The prompt text (a `messages` record: its messages flattened, one per
+    /// line as `role: content`, for completion protocols and local counting).
     pub prompt: String,
+    /// A `messages` record's messages, sent as such by chat protocols.
+    pub messages: Option<Vec<ChatMessage>>,
     /// `max_tokens` given by the record, if any.
     pub max_tokens: Option<u32>,
     /// Text of a reference answer (ShareGPT), whose length sets `max_tokens`.
@@ -105,9 +111,12 @@ fn jsonl_record(line: &str, at: &str) -> Result<DatasetRecord, DatasetError> {
             "{at}: {e}. Each line must be one JSON object like {{\"prompt\": \"...\", \"max_tokens\": 128}} or {{\"messages\": [{{\"role\": \"user\", \"content\": \"...\"}}]}}"
         ))
     })?;
-    let prompt = match (rec.prompt, rec.messages) {
-        (Some(p), None) => p,
-        (None, Some(m)) if !m.is_empty() => join_messages(&m),
+    let (prompt, messages) = match (rec.prompt, rec.messages) {
+        (Some(p), None) => (p, None),
+        (None, Some(m)) if !m.is_empty() => {
+            let msgs = chat_messages(m, at)?;
+            (join_messages(&msgs), Some(msgs))
+        }
         (Some(_), Some(_)) => {
             return Err(DatasetError(format!(
                 "{at}: give either \"prompt\" or \"messages\", not both"
@@ -126,19 +135,44 @@ fn jsonl_record(line: &str, at: &str) -> Result<DatasetRecord, DatasetError> {
     }
     Ok(DatasetRecord {
         prompt,
+        messages,
         max_tokens: rec.max_tokens,
         reference_answer: None,
     })
 }
 
-/// A one-message rendering of a conversation: a single user message holding
-/// each message on its own line as `role: content` (one message alone is sent as is).
-fn join_messages(m: &[Message]) -> String {
+/// The record's messages with checked roles.
+fn chat_messages(m: Vec<Message>, at: &str) -> Result<Vec<ChatMessage>, DatasetError> {
+    m.into_iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let role = match x.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" | "human" => Role::User,
+                "assistant" | "gpt" | "model" => Role::Assistant,
+                other => {
+                    return Err(DatasetError(format!(
+                        "{at}: message {i} has role '{other}'; use \"system\", \"user\" or \"assistant\""
+                    )))
+                }
+            };
+            Ok(ChatMessage {
+                role,
+                content: x.content,
+            })
+        })
+        .collect()
+}
+
+/// The flat rendering of a conversation (completion protocols, local token
+/// counts): each message on its own line as `role: content`; one message
+/// alone is its text.
+fn join_messages(m: &[ChatMessage]) -> String {
     if let [only] = m {
         return only.content.clone();
     }
     m.iter()
-        .map(|x| format!("{}: {}", x.role, x.content))
+        .map(|x| format!("{}: {}", x.role.as_str(), x.content))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -180,6 +214,7 @@ pub fn parse_sharegpt(path: &Path, text: &str) -> Result<Vec<DatasetRecord>, Dat
         if let Some(reply) = turns.get(h + 1) {
             out.push(DatasetRecord {
                 prompt: turns[h].value.clone(),
+                messages: None,
                 max_tokens: None,
                 reference_answer: Some(reply.value.clone()),
             });
@@ -206,6 +241,23 @@ mod tests {
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].max_tokens, Some(5));
         assert_eq!(recs[1].prompt, "yo");
+        let conv = "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"},{\"role\":\"user\",\"content\":\"more\"}]}\n";
+        let r = &parse_jsonl(p, conv).unwrap()[0];
+        let roles: Vec<Role> = r
+            .messages
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.role)
+            .collect();
+        assert_eq!(
+            roles,
+            [Role::System, Role::User, Role::Assistant, Role::User]
+        );
+        assert_eq!(
+            r.prompt,
+            "system: be brief\nuser: hi\nassistant: hello\nuser: more"
+        );
         let cases = [
             ("{\"prompt\":\"a\"}\n{\"prompt\": 3}\n", "d.jsonl:2"),
             (
@@ -215,6 +267,10 @@ mod tests {
             ("{\"max_tokens\": 4}\n", "d.jsonl:1"),
             ("{\"prompt\":\"a\",\"max_tokens\":0}\n", "d.jsonl:1"),
             ("{\"promt\":\"typo\"}\n", "d.jsonl:1"),
+            (
+                "{\"prompt\":\"a\"}\n{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}\n",
+                "d.jsonl:2",
+            ),
         ];
         for (text, want) in cases {
             let e = parse_jsonl(p, text).unwrap_err().0;

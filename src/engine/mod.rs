@@ -6,8 +6,10 @@
 //! sends [`record::RequestRecord`]s down a channel to the aggregator.
 
 pub mod arrival;
+mod chunked;
 mod closed_loop;
 pub mod dataset;
+mod h1;
 mod open_loop;
 pub mod record;
 pub mod request;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::GenRequest;
+use crate::api::{ChatMessage, GenRequest};
 use arrival::ArrivalConfig;
 use record::RequestRecord;
 use request::{execute, Transport};
@@ -94,6 +96,9 @@ pub struct LoadPlan {
     /// interleaved multi-target bench continue where the previous one ended,
     /// so they send the next prompts of the workload).
     pub first_seq: u64,
+    /// Chat turns per conversation (1: independent requests). Closed loop
+    /// only: each user runs its conversation's turns one after another.
+    pub turns: u32,
 }
 
 /// Signals that end a run early: `soft` stops issuing; `hard` cancels in-flight requests.
@@ -147,6 +152,12 @@ impl Issuer {
         if self.soft.is_cancelled() {
             return None;
         }
+        self.admit(due)
+    }
+
+    /// Like [`Issuer::next`] but also after a soft stop: numbers an arrival
+    /// that was due before the stop, so it can be accounted as not sent.
+    fn admit(&self, due: Instant) -> Option<(u64, bool)> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         if seq < self.plan.first_seq + self.plan.warmup || due < self.ramp_end {
             return Some((seq, true));
@@ -179,6 +190,15 @@ impl InFlight {
     }
 }
 
+/// A multi-turn conversation in progress: its id, the next turn and the
+/// history sent so far (user messages and the answers actually streamed).
+#[derive(Debug, Default)]
+pub(crate) struct Conversation {
+    id: u64,
+    turn: u32,
+    history: Vec<ChatMessage>,
+}
+
 /// Everything one request needs besides its own numbers; shared by all shapes.
 #[derive(Clone)]
 struct Dispatch {
@@ -187,25 +207,108 @@ struct Dispatch {
     sink: Sender<RequestRecord>,
     hard: CancellationToken,
     in_flight: Arc<InFlight>,
+    conversations: Arc<AtomicU64>,
 }
 
 impl Dispatch {
+    fn new(
+        transport: Arc<Transport>,
+        plan: Arc<LoadPlan>,
+        sink: Sender<RequestRecord>,
+        hard: CancellationToken,
+    ) -> Self {
+        Self {
+            transport,
+            plan,
+            sink,
+            hard,
+            in_flight: Arc::new(InFlight::default()),
+            conversations: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn request(&self, messages: Vec<ChatMessage>, max_tokens: u32) -> GenRequest {
+        GenRequest {
+            model: self.plan.model.clone(),
+            messages,
+            max_tokens,
+            ignore_eos: self.plan.ignore_eos,
+        }
+    }
+
+    /// Sends `req`, measuring it into `rec`.
+    async fn measure(&self, req: &GenRequest, rec: &mut RequestRecord) {
+        self.in_flight.enter();
+        execute(&self.transport, req, rec, &self.hard).await;
+        self.in_flight.leave();
+    }
+
     /// Sends request `seq` (due at `scheduled`), measures it and emits its
     /// record. Returns false when the aggregator is gone.
     async fn run_one(&self, seq: u64, warmup: bool, scheduled: Instant, held: bool) -> bool {
         let item = self.plan.workload.item(seq);
-        let req = GenRequest {
-            model: self.plan.model.clone(),
-            prompt: item.prompt.clone(),
-            max_tokens: item.max_tokens,
-            ignore_eos: self.plan.ignore_eos,
-        };
+        let req = self.request(item.first_messages(), item.max_tokens);
         let mut rec = RequestRecord::new(seq, warmup, scheduled, item.max_tokens as usize + 1);
         rec.held_by_cap = held;
         rec.local_input_tokens = item.input_tokens;
-        self.in_flight.enter();
-        execute(&self.transport, &req, &mut rec, &self.hard).await;
-        self.in_flight.leave();
+        self.measure(&req, &mut rec).await;
+        self.sink.send(rec).is_ok()
+    }
+
+    /// Sends request `seq` as the next turn of `conv` (starting a new
+    /// conversation when there is none): the history so far plus item `seq`
+    /// as a new user message. A successful turn appends the streamed answer
+    /// to the history; a failed turn, or the last one, ends the conversation.
+    /// Returns false when the aggregator is gone.
+    async fn run_turn(
+        &self,
+        seq: u64,
+        warmup: bool,
+        scheduled: Instant,
+        conv: &mut Option<Conversation>,
+    ) -> bool {
+        let item = self.plan.workload.item(seq);
+        let c = conv.get_or_insert_with(|| Conversation {
+            id: self.conversations.fetch_add(1, Ordering::Relaxed),
+            ..Conversation::default()
+        });
+        if c.turn == 0 {
+            c.history = item.first_messages();
+        } else {
+            c.history.push(ChatMessage::user(item.prompt.clone()));
+        }
+        let mut rec = RequestRecord::new(seq, warmup, scheduled, item.max_tokens as usize + 1);
+        rec.conversation = Some(c.id);
+        rec.turn = Some(c.turn);
+        // Only the first turn's prompt is what the local tokenizer counted.
+        rec.local_input_tokens = item.input_tokens.filter(|_| c.turn == 0);
+        rec.answer = Some(String::with_capacity(item.max_tokens as usize * 8));
+        let req = self.request(std::mem::take(&mut c.history), item.max_tokens);
+        self.measure(&req, &mut rec).await;
+        c.history = req.messages;
+        let answer = rec
+            .answer
+            .as_deref()
+            .filter(|a| !a.is_empty() && rec.is_ok());
+        match answer {
+            Some(a) if c.turn + 1 < self.plan.turns => {
+                c.history.push(ChatMessage::assistant(a));
+                c.turn += 1;
+            }
+            _ => *conv = None,
+        }
+        self.sink.send(rec).is_ok()
+    }
+
+    /// Emits the record of an arrival that was due but never sent because
+    /// the run was interrupted. Returns false when the aggregator is gone.
+    fn not_sent(&self, seq: u64, warmup: bool, scheduled: Instant, stopped: Instant) -> bool {
+        let mut rec = RequestRecord::new(seq, warmup, scheduled, 0);
+        rec.not_sent = true;
+        rec.sent = stopped;
+        rec.end = stopped;
+        rec.error = Some(record::ErrorClass::Cancelled);
+        rec.error_sample = Some("not sent: the run was interrupted while the arrival waited for a --max-concurrency slot".into());
         self.sink.send(rec).is_ok()
     }
 

@@ -4,6 +4,9 @@
 //! latency instead of silently lowering the offered load (no coordinated
 //! omission). With `--max-concurrency`, an arrival that finds every slot busy
 //! waits for one — it is never dropped — and its record says it was held.
+//! When the run is interrupted (soft stop, Ctrl-C), every arrival that was
+//! already due but not yet sent (waiting for a slot, or queued behind one that
+//! was) gets a record marked `not_sent`, so the accounting stays complete.
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::arrival::Arrivals;
 use super::record::RequestRecord;
 use super::request::Transport;
-use super::{Controls, Dispatch, EngineOutcome, InFlight, Issuer, LoadPlan, LoadShape};
+use super::{Controls, Dispatch, EngineOutcome, Issuer, LoadPlan, LoadShape};
 
 /// Runs `plan` as an open loop. Returns when the schedule has ended and every
 /// request sent has finished.
@@ -27,13 +30,7 @@ pub async fn run_open_loop(
     controls: Controls,
 ) -> EngineOutcome {
     let started = Instant::now();
-    let d = Dispatch {
-        transport,
-        plan: Arc::clone(&plan),
-        sink,
-        hard: controls.hard.clone(),
-        in_flight: Arc::new(InFlight::default()),
-    };
+    let d = Dispatch::new(transport, Arc::clone(&plan), sink, controls.hard.clone());
     let LoadShape::Open {
         arrivals,
         max_concurrency,
@@ -52,16 +49,16 @@ pub async fn run_open_loop(
     // arrival due before then queued behind the cap too, even if a slot is
     // free by the time the dispatcher reaches it.
     let mut cap_blocked_until: Option<Instant> = None;
-    loop {
+    let unsent = loop {
         let due = started + schedule.next_offset();
         if !wait_until(due, &controls.soft).await {
-            break;
+            break Some(Unsent::Due(due));
         }
         let Some((seq, warmup)) = issuer.next(due) else {
-            break;
+            break controls.soft.is_cancelled().then_some(Unsent::Due(due));
         };
         let Some((permit, waited)) = take_slot(cap.as_ref(), &controls.soft).await else {
-            break;
+            break Some(Unsent::Issued(seq, warmup, due));
         };
         let held = waited || cap_blocked_until.is_some_and(|t| due < t);
         if waited {
@@ -73,9 +70,52 @@ pub async fn run_open_loop(
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
+    };
+    if let Some(first) = unsent {
+        account_unsent(&d, &issuer, first, || started + schedule.next_offset());
     }
     while tasks.join_next().await.is_some() {}
     d.outcome(started, &controls.soft)
+}
+
+/// The first arrival left unsent when the dispatcher stopped.
+enum Unsent {
+    /// Numbered (seq, warmup, due) and waiting for a slot.
+    Issued(u64, bool, Instant),
+    /// Due at this instant (maybe in the future), not numbered yet.
+    Due(Instant),
+}
+
+/// Emits a `not_sent` record for `first` and every later arrival of the
+/// schedule (`next_due`) that was due by now, within the stop condition.
+fn account_unsent(
+    d: &Dispatch,
+    issuer: &Issuer,
+    first: Unsent,
+    mut next_due: impl FnMut() -> Instant,
+) {
+    let stopped = Instant::now();
+    let mut pending = match first {
+        Unsent::Issued(seq, warmup, due) => {
+            if !d.not_sent(seq, warmup, due, stopped) {
+                return;
+            }
+            None
+        }
+        Unsent::Due(due) => Some(due),
+    };
+    loop {
+        let due = pending.take().unwrap_or_else(&mut next_due);
+        if due > stopped {
+            return;
+        }
+        let Some((seq, warmup)) = issuer.admit(due) else {
+            return;
+        };
+        if !d.not_sent(seq, warmup, due, stopped) {
+            return;
+        }
+    }
 }
 
 /// Sleeps until `due` unless it has passed; false when the run was stopped.

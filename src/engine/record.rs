@@ -88,6 +88,17 @@ pub struct RequestRecord {
     pub held_by_cap: bool,
     /// Prompt tokens as counted by the local tokenizer, when one built the prompt.
     pub local_input_tokens: Option<u32>,
+    /// Multi-turn runs (`--turns`): the conversation this request belongs to.
+    pub conversation: Option<u64>,
+    /// Multi-turn runs: the turn within its conversation (0-based).
+    pub turn: Option<u32>,
+    /// The answer text streamed back, captured only when the workload needs
+    /// it (multi-turn); `None` otherwise, so single-turn runs never copy text.
+    pub answer: Option<String>,
+    /// Open loop: the arrival was due but never sent because the run was
+    /// interrupted (Ctrl-C) while it waited for a concurrency slot. Its
+    /// error class is [`ErrorClass::Cancelled`].
+    pub not_sent: bool,
 }
 
 impl RequestRecord {
@@ -109,6 +120,10 @@ impl RequestRecord {
             server: None,
             held_by_cap: false,
             local_input_tokens: None,
+            conversation: None,
+            turn: None,
+            answer: None,
+            not_sent: false,
         }
     }
 
@@ -151,6 +166,16 @@ impl RequestRecord {
         self.token_times.windows(2).map(|w| w[1] - w[0])
     }
 
+    /// The request's mean inter-token latency: (last content message − first)
+    /// / (content messages − 1), i.e. the mean of its [`Self::itl_gaps`].
+    /// `None` with fewer than two content messages. This per-request value is
+    /// what the `itl` SLO judges (as vLLM's and GuideLLM's per-request goodput do).
+    pub fn itl_mean(&self) -> Option<Duration> {
+        let (first, last) = (self.token_times.first()?, self.token_times.last()?);
+        let gaps = u32::try_from(self.token_times.len() - 1).unwrap_or(u32::MAX);
+        (gaps > 0).then(|| (*last - *first) / gaps)
+    }
+
     /// How late the request left relative to its schedule (client self-check).
     pub fn send_lag(&self) -> Duration {
         self.sent.saturating_duration_since(self.scheduled)
@@ -172,6 +197,7 @@ mod tests {
         assert_eq!(r.ttft(), Some(ms(100)));
         assert_eq!(r.e2e(), ms(160));
         assert_eq!(r.itl_gaps().collect::<Vec<_>>(), vec![ms(20), ms(30)]);
+        assert_eq!(r.itl_mean(), Some(ms(25)));
         // chunks: 3 tokens → (160-100)/2 = 30 ms
         assert_eq!(r.tpot(), Some(ms(30)));
         r.usage.output_tokens = Some(4);

@@ -15,12 +15,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
+use super::h1::Http1Target;
 use super::record::{ErrorClass, RequestRecord};
 use crate::api::{sample_text, Framing, GenRequest, Protocol};
 use crate::stream::{NdjsonDecoder, SseDecoder, SseEvent};
 
 /// Longest error-body sample kept per error class.
-const SAMPLE_BYTES: usize = 300;
+pub(super) const SAMPLE_BYTES: usize = 300;
 
 /// The HTTP client used for measured requests.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -28,7 +29,7 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<B
 /// Bytes read from a socket at once. Fixed rather than adaptive: SSE chunks
 /// are small, and adaptive buffers grow to ~20 KB per stream under load
 /// (20 MB at 1,000 streams) without making reads any cheaper.
-const READ_BUFFER: usize = 4096;
+pub(super) const READ_BUFFER: usize = 4096;
 
 /// Builds the measuring client: one connection pool for the whole run, Nagle
 /// off so small requests leave at once, no proxy (a proxy would distort every
@@ -63,14 +64,37 @@ pub struct Transport {
     pub protocol: Arc<dyn Protocol>,
     /// Per-request deadline, from send to end of stream.
     pub timeout: Duration,
+    /// The socket-owning HTTP/1.1 client for `http://` targets; `None`
+    /// sends through [`Transport::client`] (TLS, or when forced).
+    pub h1: Option<Http1Target>,
 }
 
-enum Step {
+impl Transport {
+    /// A transport to `base`: `http://` targets use the socket-owning
+    /// HTTP/1.1 client ([`super::h1`]), others the general client.
+    pub fn new(
+        base: &str,
+        headers: HeaderMap,
+        protocol: Arc<dyn Protocol>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            client: build_http_client(),
+            base: base.trim_end_matches('/').to_owned(),
+            headers,
+            protocol,
+            timeout,
+            h1: Http1Target::from_base(base),
+        }
+    }
+}
+
+pub(super) enum Step {
     Continue,
     Stop,
 }
 
-struct Decoder {
+pub(super) struct Decoder {
     framing: Framing,
     sse: SseDecoder,
     ndjson: NdjsonDecoder,
@@ -81,7 +105,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(framing: Framing) -> Self {
+    pub(super) fn new(framing: Framing) -> Self {
         Self {
             framing,
             sse: SseDecoder::new(),
@@ -94,7 +118,7 @@ impl Decoder {
     }
 
     /// Decodes a chunk that arrived at `at`, updating the record.
-    fn feed(
+    pub(super) fn feed(
         &mut self,
         p: &dyn Protocol,
         bytes: &[u8],
@@ -150,7 +174,7 @@ impl Decoder {
         rec: &mut RequestRecord,
     ) -> Step {
         rec.messages += 1;
-        let parsed = match p.parse(event, data) {
+        let parsed = match p.parse_capture(event, data, rec.answer.as_mut()) {
             Ok(e) => e,
             Err(e) => return fail(rec, ErrorClass::Malformed, e.to_string(), at),
         };
@@ -183,7 +207,12 @@ impl Decoder {
     }
 }
 
-fn fail(rec: &mut RequestRecord, class: ErrorClass, sample: String, at: Instant) -> Step {
+pub(super) fn fail(
+    rec: &mut RequestRecord,
+    class: ErrorClass,
+    sample: String,
+    at: Instant,
+) -> Step {
     rec.error = Some(class);
     rec.error_sample = Some(sample_text(&sample, SAMPLE_BYTES));
     rec.end = at;
@@ -223,8 +252,8 @@ pub async fn execute(
 }
 
 /// Like [`execute`], also handing every body chunk of a successful response
-/// to `on_chunk` with its arrival instant, after the instant is taken and
-/// after the chunk is decoded into `rec`. `on_chunk` must be cheap (e.g. a
+/// (body bytes, de-chunked) to `on_chunk` with its arrival instant, after
+/// the instant is taken and after the chunk is decoded into `rec`. `on_chunk` must be cheap (e.g. a
 /// channel send): it runs on the measuring task. `execute` passes a no-op,
 /// which compiles away.
 pub async fn execute_with(
@@ -232,9 +261,22 @@ pub async fn execute_with(
     req: &GenRequest,
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
-    on_chunk: impl FnMut(Instant, &Bytes),
+    mut on_chunk: impl FnMut(Instant, &[u8]),
 ) {
     let spec = t.protocol.build(req);
+    if let Some(target) = &t.h1 {
+        super::h1::execute(
+            t,
+            target,
+            &spec.path,
+            &spec.body,
+            rec,
+            cancel,
+            &mut on_chunk,
+        )
+        .await;
+        return;
+    }
     let request = match build_request(t, &spec.path, spec.body) {
         Ok(r) => r,
         Err(e) => {
@@ -274,7 +316,7 @@ pub async fn execute_with(
         read_error_body(resp.into_body(), rec).await;
         return;
     }
-    read_stream(t, resp.into_body(), rec, cancel, deadline, on_chunk).await;
+    read_stream(t, resp.into_body(), rec, cancel, deadline, &mut on_chunk).await;
 }
 
 /// The next data bytes of the body: `Ok(None)` at its end; trailers skipped.
@@ -298,7 +340,7 @@ async fn read_stream(
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
     mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
-    mut on_chunk: impl FnMut(Instant, &Bytes),
+    on_chunk: &mut impl FnMut(Instant, &[u8]),
 ) {
     let mut dec = Decoder::new(t.protocol.framing());
     // Created once: re-creating the cancellation future per chunk would
@@ -339,7 +381,12 @@ async fn read_stream(
 }
 
 /// The body ended: fine after a terminator, otherwise a truncated stream.
-fn end_of_body(dec: &mut Decoder, p: &dyn Protocol, rec: &mut RequestRecord, at: Instant) {
+pub(super) fn end_of_body(
+    dec: &mut Decoder,
+    p: &dyn Protocol,
+    rec: &mut RequestRecord,
+    at: Instant,
+) {
     if dec.framing == Framing::Ndjson {
         if let Some(rest) = dec.ndjson.take_rest() {
             if p.parse(None, &rest).is_err() {

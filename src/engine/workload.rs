@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::dataset::DatasetRecord;
 use super::tokenizer::Tokenizer;
+use crate::api::ChatMessage;
 
 /// Common English words that are one token each in cl100k/o200k and Llama 3
 /// tokenizers. With a tokenizer, only the words it confirms are used.
@@ -226,6 +227,19 @@ pub struct WorkItem {
     pub max_tokens: u32,
     /// Prompt tokens counted by the local tokenizer, when one was used.
     pub input_tokens: Option<u32>,
+    /// A dataset `messages` record's own message list (chat protocols send
+    /// it instead of `prompt` as one user message).
+    pub messages: Option<Vec<ChatMessage>>,
+}
+
+impl WorkItem {
+    /// The messages of a first turn: the record's list, or `prompt` as one user message.
+    pub fn first_messages(&self) -> Vec<ChatMessage> {
+        match &self.messages {
+            Some(m) => m.clone(),
+            None => vec![ChatMessage::user(self.prompt.clone())],
+        }
+    }
 }
 
 /// The pre-built requests of a run; request `seq` uses item `seq mod len`.
@@ -243,6 +257,7 @@ impl Workload {
                 prompt: String::new(),
                 max_tokens: 1,
                 input_tokens: None,
+                messages: None,
             });
         }
         Self {
@@ -260,6 +275,7 @@ impl Workload {
                 prompt: src.prompt(i),
                 max_tokens: output.sample(&mut rng).max(1),
                 input_tokens: None,
+                messages: None,
             })
             .collect();
         Self::new(items, seed)
@@ -453,6 +469,7 @@ fn build_items(
             prompt,
             max_tokens: spec.output.sample(&mut rng).max(1),
             input_tokens: Some(counted),
+            messages: None,
         });
     }
     Some(items)
@@ -485,6 +502,7 @@ pub fn from_dataset(
                     .or(answer)
                     .unwrap_or_else(|| output.sample(&mut rng).max(1)),
                 input_tokens: Some(u32::try_from(tok.count(&r.prompt)).unwrap_or(u32::MAX)),
+                messages: r.messages.clone(),
             }
         })
         .collect();

@@ -23,7 +23,7 @@ use crate::api::{ApiKind, GenRequest, Protocol, ProtocolOptions};
 use crate::bench::headers_for;
 use crate::config::ConfigError;
 use crate::engine::record::{ErrorClass, RequestRecord};
-use crate::engine::request::{build_http_client, execute_with, Transport};
+use crate::engine::request::{execute_with, Transport};
 use crate::sim::{SimConfig, SimHandle};
 pub use summary::{RaceReport, RankMetric, RunOutcome};
 
@@ -82,13 +82,7 @@ impl RaceTarget {
             url: url.trim_end_matches('/').to_owned(),
             model: model.to_owned(),
             api,
-            transport: Arc::new(Transport {
-                client: build_http_client(),
-                base: url.trim_end_matches('/').to_owned(),
-                headers,
-                protocol,
-                timeout,
-            }),
+            transport: Arc::new(Transport::new(url, headers, protocol, timeout)),
         })
     }
 }
@@ -223,12 +217,7 @@ async fn race_once(
     let (go_tx, go_rx) = watch::channel(None::<Instant>);
     let mut set = JoinSet::new();
     for (i, t) in ready {
-        let req = GenRequest {
-            model: t.model.clone(),
-            prompt: cfg.prompt.clone(),
-            max_tokens: cfg.max_tokens,
-            ignore_eos: cfg.ignore_eos,
-        };
+        let req = GenRequest::single(&t.model, &cfg.prompt, cfg.max_tokens, cfg.ignore_eos);
         let lane = Lane {
             target: i,
             run,
@@ -286,7 +275,7 @@ impl Lane {
                     let _ = tx.send(RaceEvent::Chunk {
                         target,
                         at,
-                        bytes: bytes.clone(),
+                        bytes: Bytes::copy_from_slice(bytes),
                     });
                 }
             },

@@ -89,9 +89,13 @@ fn load_lines(s: &mut String, r: &RunReport) {
                 l.peak_in_flight,
                 l.warmup_requests
             );
+            let unsent = match sc.not_sent_interrupted {
+                0 => String::new(),
+                n => format!(", {n} not sent (interrupted)"),
+            };
             let _ = writeln!(
                 s,
-                "  schedule    offered {:.2} req/s, sent {:.2}, completed {:.2}; {} on time, {} late (>{} ms), {} held by the cap",
+                "  schedule    offered {:.2} req/s, sent {:.2}, completed {:.2}; {} on time, {} late (>{} ms), {} held by the cap{unsent}",
                 sc.offered_rate_per_s, sc.sent_rate_per_s, sc.completed_rate_per_s, sc.on_time, sc.late, sc.late_after_ms, sc.held_by_cap
             );
         }

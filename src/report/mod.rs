@@ -106,7 +106,7 @@ pub struct ScheduleReport {
     pub arrivals: u64,
     /// Offered rate: (arrivals − 1) / span of their scheduled times.
     pub offered_rate_per_s: f64,
-    /// Achieved send rate: (arrivals − 1) / span of their actual send times.
+    /// Achieved send rate: (sent arrivals − 1) / span of their actual send times.
     pub sent_rate_per_s: f64,
     /// Achieved completion rate: finished (ok + failed) measured requests per second of the window.
     pub completed_rate_per_s: f64,
@@ -116,6 +116,10 @@ pub struct ScheduleReport {
     pub late: u64,
     /// Waited for a `--max-concurrency` slot.
     pub held_by_cap: u64,
+    /// Due, but never sent: the run was interrupted (Ctrl-C) while they
+    /// waited for a `--max-concurrency` slot or queued behind one that did.
+    #[serde(default)]
+    pub not_sent_interrupted: u64,
     /// Lateness threshold (ms).
     pub late_after_ms: f64,
 }

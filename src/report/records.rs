@@ -43,6 +43,16 @@ pub struct RecordLine {
     /// Server-reported decode time (ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_decode_ms: Option<f64>,
+    /// Multi-turn runs: the conversation (0-based id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<u64>,
+    /// Multi-turn runs: the turn within the conversation (0-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
+    /// Open loop: due, but never sent because the run was interrupted while
+    /// it waited for a `--max-concurrency` slot.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_sent: bool,
 }
 
 fn ms(t: Instant, origin: Instant) -> f64 {
@@ -71,6 +81,9 @@ impl RecordLine {
             token_source,
             server_prompt_ms: r.server.and_then(|t| t.prompt_ns).map(|ns| ns as f64 / 1e6),
             server_decode_ms: r.server.and_then(|t| t.decode_ns).map(|ns| ns as f64 / 1e6),
+            conversation: r.conversation,
+            turn: r.turn,
+            not_sent: r.not_sent,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! during `--cold-start`, and plans mid-stream faults (disconnect, malformed
 //! chunk, stall) that its [`FaultyGeneration`] raises as [`GenEvent`]s.
 //! Every protocol front-end realises those events with the shared helpers
-//! [`forward_fault`] (streams) and [`whole_fault_response`] (whole bodies).
+//! [`fault_item`] (streams) and [`whole_fault_response`] (whole bodies).
 //!
 //! Each admitted request draws the same number of values from one seeded
 //! generator, in admission order, so a run with the same seed and the same
@@ -21,7 +21,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
 
 use super::metrics::{FaultKind, SimMetrics};
 use super::model::{Admission, EngineModel, GenEvent, Generation, Rejection};
@@ -380,30 +379,17 @@ pub fn malformed_frame(framing: WireFraming) -> Bytes {
     }
 }
 
-/// Realises a fault event on a streamed body. Returns true when `ev` was a
-/// fault; the caller must then stop streaming (and drop `tx`).
-/// `Disconnect` makes the body fail, so the server drops the connection
-/// without the stream's terminator; `Malformed` sends a corrupt chunk.
-pub async fn forward_fault(
-    ev: &GenEvent,
-    framing: WireFraming,
-    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> bool {
+/// The last body item of a stream that realises fault `ev`, if it is one:
+/// an I/O error (the server drops the connection without the stream's
+/// terminator) or a corrupt frame (after which the stream ends).
+pub fn fault_item(ev: &GenEvent, framing: WireFraming) -> Option<Result<Bytes, std::io::Error>> {
     match ev {
-        GenEvent::Disconnect => {
-            let _ = tx
-                .send(Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "simulated disconnect",
-                )))
-                .await;
-            true
-        }
-        GenEvent::Malformed => {
-            let _ = tx.send(Ok(malformed_frame(framing))).await;
-            true
-        }
-        _ => false,
+        GenEvent::Disconnect => Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated disconnect",
+        ))),
+        GenEvent::Malformed => Some(Ok(malformed_frame(framing))),
+        _ => None,
     }
 }
 

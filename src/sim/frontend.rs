@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use super::faults::{self, WireFraming};
 use super::model::{Admission, GenEvent, Generation, Rejection};
@@ -223,18 +222,21 @@ enum Step {
 
 /// Turns a [`Generation`]'s events into [`Step`]s, keeping `/metrics`
 /// current. The single place where [`GenEvent`]s are interpreted.
-struct Steps<'a> {
-    st: &'a SimState,
-    req: &'a SimRequest,
+/// Dropping it before [`Steps::close`] (the client went away) records the
+/// request as not finished, so `/metrics` never leaks a running request.
+struct Steps {
+    st: Arc<SimState>,
+    req: SimRequest,
     gen: Generation,
     arrival: Instant,
     k: u32,
     first: Option<Instant>,
     over: bool,
+    closed: bool,
 }
 
-impl<'a> Steps<'a> {
-    fn new(st: &'a SimState, req: &'a SimRequest, gen: Generation, arrival: Instant) -> Self {
+impl Steps {
+    fn new(st: Arc<SimState>, req: SimRequest, gen: Generation, arrival: Instant) -> Self {
         Self {
             st,
             req,
@@ -243,6 +245,7 @@ impl<'a> Steps<'a> {
             k: 0,
             first: None,
             over: false,
+            closed: false,
         }
     }
 
@@ -288,12 +291,21 @@ impl<'a> Steps<'a> {
         }
     }
 
-    /// Records the request's end; `finished` is false for failures and
-    /// clients that went away.
-    fn close(self, finished: bool) {
-        self.st
-            .metrics
-            .end_request(self.arrival.elapsed(), finished);
+    /// Records the request's end, once; `finished` is false for failures
+    /// and clients that went away.
+    fn close(&mut self, finished: bool) {
+        if !self.closed {
+            self.closed = true;
+            self.st
+                .metrics
+                .end_request(self.arrival.elapsed(), finished);
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        self.close(false);
     }
 }
 
@@ -305,7 +317,7 @@ async fn whole<F: StreamFormat>(
     fmt: F,
 ) -> Response {
     let mut text = String::new();
-    let mut steps = Steps::new(&st, &req, gen, arrival);
+    let mut steps = Steps::new(st, req, gen, arrival);
     while let Some(step) = steps.next().await {
         match step {
             Step::Token { text: t, .. } => text.push_str(t),
@@ -339,60 +351,64 @@ fn stream<F: StreamFormat>(
     arrival: Instant,
     fmt: F,
 ) -> Response {
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let content_type = fmt.content_type();
-    tokio::spawn(produce(st, req, gen, arrival, fmt, tx));
-    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-    Response::builder()
-        .header("content-type", content_type)
-        .header("cache-control", "no-cache")
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// Writes each step's frames as it happens; stops if the client leaves.
-async fn produce<F: StreamFormat>(
-    st: Arc<SimState>,
-    req: SimRequest,
-    gen: Generation,
-    arrival: Instant,
-    mut fmt: F,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let mut started = false;
-    let mut steps = Steps::new(&st, &req, gen, arrival);
-    let framing = if fmt.content_type().contains("ndjson") {
+    let framing = if content_type.contains("ndjson") {
         WireFraming::Ndjson
     } else {
         WireFraming::Sse
     };
-    while let Some(step) = steps.next().await {
+    let producer = Producer {
+        steps: Steps::new(st, req, gen, arrival),
+        fmt,
+        started: false,
+        framing,
+    };
+    // The connection's own task polls the generation: a token costs one
+    // wake-up, with no producer task and channel in between.
+    let frames = futures_util::stream::unfold(producer, |mut p| async move {
+        let item = p.next_frame().await?;
+        Some((item, p))
+    });
+    Response::builder()
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(frames))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Renders each step's frames as the body is polled.
+struct Producer<F> {
+    steps: Steps,
+    fmt: F,
+    started: bool,
+    framing: WireFraming,
+}
+
+impl<F: StreamFormat> Producer<F> {
+    /// The next body item; `None` once the stream is over.
+    async fn next_frame(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        let step = self.steps.next().await?;
         if let Step::Fault(ev) = &step {
-            faults::forward_fault(ev, framing, &tx).await;
-            steps.close(false);
-            return;
+            self.steps.close(false);
+            return faults::fault_item(ev, self.framing);
         }
-        let mut out = String::with_capacity(512);
-        if !started && !matches!(step, Step::Fail(_)) {
-            fmt.start(&mut out, &req);
-            started = true;
+        let mut out = String::with_capacity(256);
+        if !self.started && !matches!(step, Step::Fail(_)) {
+            self.fmt.start(&mut out, &self.steps.req);
+            self.started = true;
         }
-        let end = !matches!(step, Step::Token { .. });
-        let ok = matches!(step, Step::End(_));
         match step {
-            Step::Token { k, text, last } => fmt.token(&mut out, k, text, last),
-            Step::End(o) => fmt.end(&mut out, &o),
-            Step::Fail(msg) => fmt.fail(&mut out, &msg),
+            Step::Token { k, text, last } => self.fmt.token(&mut out, k, text, last),
+            Step::End(o) => {
+                self.fmt.end(&mut out, &o);
+                self.steps.close(true);
+            }
+            Step::Fail(msg) => {
+                self.fmt.fail(&mut out, &msg);
+                self.steps.close(false);
+            }
             Step::Fault(_) => {}
         }
-        if tx.send(Ok(Bytes::from(out))).await.is_err() {
-            steps.close(false);
-            return;
-        }
-        if end {
-            steps.close(ok);
-            return;
-        }
+        Some(Ok(Bytes::from(out)))
     }
-    steps.close(false);
 }

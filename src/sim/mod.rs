@@ -194,7 +194,10 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         .thread_name("throtl-sim")
         .enable_all()
         .build()?;
-    let timer = PreciseTimer::start()?;
+    let timer = {
+        let _in_runtime = runtime.enter();
+        PreciseTimer::start()?
+    };
     let gpu = cfg
         .engine_model
         .as_ref()

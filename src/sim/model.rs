@@ -26,7 +26,7 @@ pub enum GenEvent {
     /// The engine failed the request mid-stream.
     Fail(String),
     /// Injected fault: drop the connection now, without the stream's
-    /// terminator (see [`super::faults::forward_fault`]).
+    /// terminator (see [`super::faults::fault_item`]).
     Disconnect,
     /// Injected fault: send a corrupt chunk, then end the stream.
     Malformed,

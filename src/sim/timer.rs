@@ -2,13 +2,12 @@
 //!
 //! Tokio's timer wheel has 1 ms granularity and rounds deadlines up, which
 //! would add up to 1 ms to every simulated TTFT. This timer keeps deadlines in
-//! a heap on one OS thread that sleeps on a condition variable (futex with
-//! high-resolution timeout, ~50 µs slack on Linux) and wakes tasks through
-//! oneshot channels.
+//! one heap and wakes sleeping tasks through oneshot channels at the exact
+//! deadline (see [`driver`] for how the deadline wakes the process).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -40,29 +39,24 @@ impl Ord for Entry {
 struct State {
     heap: BinaryHeap<Reverse<Entry>>,
     seq: u64,
-    closed: bool,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    cond: Condvar,
+impl State {
+    /// Completes every entry due at `now`; returns the next deadline.
+    fn fire_due(&mut self, now: Instant) -> Option<Instant> {
+        while self.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
+            if let Some(Reverse(e)) = self.heap.pop() {
+                let _ = e.wake.send(());
+            }
+        }
+        self.heap.peek().map(|Reverse(e)| e.at)
+    }
 }
 
-/// Handle to the timer thread; cloning shares the thread. The thread exits
-/// when the last handle is dropped.
+/// Handle to the timer; cloning shares it.
 #[derive(Clone)]
 pub struct PreciseTimer {
     shared: Arc<Shared>,
-    _owner: Arc<Owner>,
-}
-
-struct Owner(Arc<Shared>);
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        lock(&self.0).closed = true;
-        self.0.cond.notify_all();
-    }
 }
 
 fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
@@ -70,22 +64,6 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl PreciseTimer {
-    /// Starts the timer thread.
-    pub fn start() -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            cond: Condvar::new(),
-        });
-        let worker = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("throtl-sim-timer".into())
-            .spawn(move || run(&worker))?;
-        Ok(Self {
-            _owner: Arc::new(Owner(Arc::clone(&shared))),
-            shared,
-        })
-    }
-
     /// Completes at `at` (immediately if it has passed).
     pub async fn sleep_until(&self, at: Instant) {
         if at <= Instant::now() {
@@ -99,45 +77,187 @@ impl PreciseTimer {
             let earliest = st.heap.peek().is_none_or(|Reverse(e)| at < e.at);
             st.heap.push(Reverse(Entry { at, seq, wake: tx }));
             if earliest {
-                self.shared.cond.notify_one();
+                self.shared.wake_at(at);
             }
         }
-        // A closed timer drops the sender: the sleep then ends early, which
+        // A stopped timer drops the sender: the sleep then ends early, which
         // only happens at shutdown.
         let _ = rx.await;
     }
 }
 
-fn run(shared: &Shared) {
-    // Default timer slack is 50 µs; ask for the tightest wakeups.
-    // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's slack.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+#[cfg(target_os = "linux")]
+mod driver {
+    //! Linux: a `timerfd` (hrtimer, nanosecond resolution) registered with
+    //! the runtime's own reactor. The runtime thread that sleeps in
+    //! `epoll_wait` is woken by the deadline itself and completes the due
+    //! sleeps there, so a token costs no hand-off between threads.
+
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use tokio::io::unix::AsyncFd;
+
+    use super::{lock, PreciseTimer, State};
+
+    pub(super) struct Shared {
+        pub(super) state: Mutex<State>,
+        fd: OwnedFd,
     }
-    let mut st = lock(shared);
-    loop {
-        if st.closed {
-            return;
-        }
-        let now = Instant::now();
-        while st.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
-            if let Some(Reverse(e)) = st.heap.pop() {
-                let _ = e.wake.send(());
+
+    impl Shared {
+        /// Arms the timerfd for `at`. Called with the state locked, so the
+        /// armed deadline is always the heap's earliest.
+        pub(super) fn wake_at(&self, at: Instant) {
+            // A zero it_value would disarm the timer: wait at least 1 ns.
+            let wait = at
+                .saturating_duration_since(Instant::now())
+                .max(std::time::Duration::from_nanos(1));
+            let spec = libc::itimerspec {
+                it_interval: libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: libc::timespec {
+                    tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
+                    tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
+                },
+            };
+            // SAFETY: `fd` is a timerfd owned by `self`; `spec` is valid.
+            unsafe {
+                libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut());
             }
         }
-        st = match st.heap.peek().map(|Reverse(e)| e.at - now) {
-            Some(wait) => {
-                shared
-                    .cond
-                    .wait_timeout(st, wait)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
+    }
+
+    struct Fd(Arc<Shared>);
+
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.fd.as_raw_fd()
+        }
+    }
+
+    impl PreciseTimer {
+        /// Starts the timer on the current Tokio runtime (call it inside
+        /// the runtime, or within `Runtime::enter`).
+        pub fn start() -> std::io::Result<Self> {
+            // SAFETY: plain syscall; the result is checked before use.
+            let raw = unsafe {
+                libc::timerfd_create(
+                    libc::CLOCK_MONOTONIC,
+                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+                )
+            };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            None => shared.cond.wait(st).unwrap_or_else(PoisonError::into_inner),
-        };
+            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let shared = Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                fd,
+            });
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let afd = {
+                let _guard = handle.enter();
+                // SAFETY: the timerfd is owned by `shared`, which the `Fd`
+                // keeps alive for as long as the registration exists.
+                unsafe {
+                    AsyncFd::register_with_interest(
+                        Fd(Arc::clone(&shared)),
+                        tokio::io::Interest::READABLE,
+                    )
+                }?
+            };
+            handle.spawn(drive(afd));
+            Ok(Self { shared })
+        }
+    }
+
+    /// Completes sleeps as the timerfd expires; ends with the runtime.
+    async fn drive(afd: AsyncFd<Fd>) {
+        loop {
+            let Ok(mut ready) = afd.readable().await else {
+                return;
+            };
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a local buffer.
+            let n = unsafe {
+                libc::read(
+                    afd.get_ref().as_raw_fd(),
+                    expirations.as_mut_ptr().cast(),
+                    expirations.len(),
+                )
+            };
+            // Clearing is safe even if it expired again since the read:
+            // the reactor has not seen that edge yet and will report it.
+            let _ = n;
+            ready.clear_ready();
+            let shared = &afd.get_ref().0;
+            let mut st = lock(shared);
+            if let Some(next) = st.fire_due(Instant::now()) {
+                shared.wake_at(next);
+            }
+        }
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+mod driver {
+    //! Elsewhere: one OS thread sleeping on a condition variable.
+
+    use std::sync::{Arc, PoisonError};
+    use std::time::Instant;
+
+    use super::{lock, PreciseTimer, State};
+
+    pub(super) struct Shared {
+        pub(super) state: Mutex<State>,
+        cond: Condvar,
+    }
+
+    impl Shared {
+        pub(super) fn wake_at(&self, _at: Instant) {
+            self.cond.notify_one();
+        }
+    }
+
+    impl PreciseTimer {
+        /// Starts the timer thread.
+        pub fn start() -> std::io::Result<Self> {
+            let shared = Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                cond: Condvar::new(),
+            });
+            let worker = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("throtl-sim-timer".into())
+                .spawn(move || run(&worker))?;
+            Ok(Self { shared })
+        }
+    }
+
+    fn run(shared: &std::sync::Weak<Shared>) {
+        loop {
+            let Some(s) = shared.upgrade() else { return };
+            let mut st = lock(&s);
+            let next = st.fire_due(Instant::now());
+            let wait = next.map_or(std::time::Duration::from_millis(50), |n| {
+                n.saturating_duration_since(Instant::now())
+                    .min(std::time::Duration::from_millis(50))
+            });
+            let _ = s
+                .cond
+                .wait_timeout(st, wait)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+use driver::Shared;
 
 #[cfg(test)]
 mod tests {

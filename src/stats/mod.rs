@@ -24,6 +24,8 @@ pub struct Stats {
     pub itl: LatencyHistogram,
     /// Per-request time per output token (µs).
     pub tpot: LatencyHistogram,
+    /// Per-request mean inter-token latency (µs): the `itl` SLO's metric.
+    pub itl_request: LatencyHistogram,
     /// End-to-end latency (µs).
     pub e2e: LatencyHistogram,
     /// Per-request output tokens/s, stored ×1000 for three decimals.
@@ -86,6 +88,8 @@ pub struct ArrivalCounts {
     pub late: u64,
     /// Waited for a `--max-concurrency` slot.
     pub held: u64,
+    /// Due but never sent: the run was interrupted first (open loop).
+    pub not_sent: u64,
     /// Earliest and latest scheduled instants.
     pub scheduled_span: Option<(Instant, Instant)>,
     /// Earliest and latest actual send instants.
@@ -94,6 +98,11 @@ pub struct ArrivalCounts {
 
 impl ArrivalCounts {
     fn ingest(&mut self, r: &RequestRecord) {
+        self.scheduled_span = Some(widen(self.scheduled_span, r.scheduled, r.scheduled));
+        if r.not_sent {
+            self.not_sent += 1;
+            return;
+        }
         if r.held_by_cap {
             self.held += 1;
         } else if r.send_lag() > LATE_AFTER {
@@ -101,7 +110,6 @@ impl ArrivalCounts {
         } else {
             self.on_time += 1;
         }
-        self.scheduled_span = Some(widen(self.scheduled_span, r.scheduled, r.scheduled));
         self.sent_span = Some(widen(self.sent_span, r.sent, r.sent));
     }
 
@@ -109,6 +117,7 @@ impl ArrivalCounts {
         self.on_time += o.on_time;
         self.late += o.late;
         self.held += o.held;
+        self.not_sent += o.not_sent;
         if let Some((a, b)) = o.scheduled_span {
             self.scheduled_span = Some(widen(self.scheduled_span, a, b));
         }
@@ -117,8 +126,13 @@ impl ArrivalCounts {
         }
     }
 
-    /// All measured arrivals.
+    /// All measured arrivals, sent or not.
     pub fn total(&self) -> u64 {
+        self.sent() + self.not_sent
+    }
+
+    /// Measured arrivals that were sent.
+    pub fn sent(&self) -> u64 {
         self.on_time + self.late + self.held
     }
 
@@ -178,6 +192,7 @@ impl Default for Stats {
             ttft: LatencyHistogram::new(),
             itl: LatencyHistogram::new(),
             tpot: LatencyHistogram::new(),
+            itl_request: LatencyHistogram::new(),
             e2e: LatencyHistogram::new(),
             output_rate_milli: LatencyHistogram::new(),
             send_lag: LatencyHistogram::new(),
@@ -292,6 +307,9 @@ impl Stats {
         if let Some(t) = r.tpot() {
             self.tpot.record(t);
         }
+        if let Some(t) = r.itl_mean() {
+            self.itl_request.record(t);
+        }
         let (out, source) = r.output_tokens();
         match source {
             TokenSource::Usage => self.usage_counted += 1,
@@ -315,6 +333,7 @@ impl Stats {
             (&mut self.ttft, &o.ttft),
             (&mut self.itl, &o.itl),
             (&mut self.tpot, &o.tpot),
+            (&mut self.itl_request, &o.itl_request),
             (&mut self.e2e, &o.e2e),
             (&mut self.output_rate_milli, &o.output_rate_milli),
             (&mut self.send_lag, &o.send_lag),

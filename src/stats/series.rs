@@ -88,6 +88,9 @@ impl TimeSeries {
 
     /// Adds one record (no-op without an origin).
     pub fn ingest(&mut self, r: &RequestRecord) {
+        if r.not_sent {
+            return;
+        }
         let (Some(sent_i), Some(end_i)) = (self.index(r.sent), self.index(r.end)) else {
             return;
         };
