@@ -173,8 +173,7 @@ enum BodyFraming {
 
 /// What stopped the head from being read.
 enum HeadError {
-    /// The connection closed before a single response byte: on a reused
-    /// connection, the server had closed it while idle.
+    /// The connection closed before a single response byte.
     ClosedEarly,
     Io(String),
 }
@@ -240,21 +239,20 @@ async fn exchange(
                 return Ok(());
             }
         };
-        let sent = g.run(conn.write_all(wire)).await?;
-        let head = match sent {
+        let head = match g.run(conn.write_all(wire)).await? {
             Ok(()) => read_head(&mut conn, &mut buf, g).await?,
-            Err(_) if reused => Err(HeadError::ClosedEarly),
-            Err(e) => Err(HeadError::Io(format!("cannot send the request: {e}"))),
-        };
-        let (head, filled, at) = match head {
-            Ok(h) => h,
-            Err(HeadError::ClosedEarly) if reused && !retried => {
-                // The server closed the idle connection just as it was
-                // taken; nothing was processed, so send again on a new one.
+            Err(_) if reused && !retried => {
+                // The server closed the idle connection as it was taken and
+                // the request could not be written: send it on a new one.
+                // (A request that was written is never sent twice.)
                 retried = true;
                 rec.sent = Instant::now();
                 continue;
             }
+            Err(e) => Err(HeadError::Io(format!("cannot send the request: {e}"))),
+        };
+        let (head, filled, at) = match head {
+            Ok(h) => h,
             Err(HeadError::ClosedEarly) => {
                 let msg = "the server closed the connection without answering".to_owned();
                 fail(rec, ErrorClass::Io, msg, Instant::now());

@@ -141,8 +141,12 @@ async fn take_slot(
     if let Ok(p) = Arc::clone(sem).try_acquire_owned() {
         return Some((Some(p), false));
     }
-    tokio::select! {
-        p = Arc::clone(sem).acquire_owned() => p.ok().map(|p| (Some(p), true)),
+    let slot = tokio::select! {
+        // A stop that comes with a freed slot (Ctrl-C cancels the request
+        // holding it) must win: the arrival was not sent.
+        biased;
         () = soft.cancelled() => None,
-    }
+        p = Arc::clone(sem).acquire_owned() => p.ok().map(|p| (Some(p), true)),
+    };
+    slot.filter(|_| !soft.is_cancelled())
 }

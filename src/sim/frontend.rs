@@ -390,6 +390,11 @@ impl<F: StreamFormat> Producer<F> {
         let step = self.steps.next().await?;
         if let Step::Fault(ev) = &step {
             self.steps.close(false);
+            if !self.started {
+                // Let the connection send the response head first, as a
+                // server that fails mid-stream has: one Pending does it.
+                tokio::task::yield_now().await;
+            }
             return faults::fault_item(ev, self.framing);
         }
         let mut out = String::with_capacity(256);
