@@ -23,7 +23,7 @@ pub struct Column {
     protocol: Option<Arc<dyn Protocol>>,
     sse: SseDecoder,
     ndjson: NdjsonDecoder,
-    /// Generated text so far in this run (the newest [`MAX_TEXT`] bytes).
+    /// Generated text so far in this run (the newest 4,000 bytes).
     pub text: String,
     /// Content messages so far in this run.
     pub tokens: u64,
