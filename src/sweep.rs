@@ -283,7 +283,7 @@ pub async fn run(
         }
         finish(&mut report);
         write(cfg, &report)?;
-        write_html(cfg, &step_runs)?;
+        write_reports(cfg, &step_runs)?;
     }
     Ok(report)
 }
@@ -327,17 +327,27 @@ fn write(cfg: &SweepConfig, report: &SweepReport) -> Result<(), BenchError> {
     std::fs::write(p, text + "\n").map_err(out)
 }
 
-/// Rewrites `--html` (sweep curves and every step overlaid) after each step.
-fn write_html(cfg: &SweepConfig, steps: &[RunData]) -> Result<(), BenchError> {
-    let Some(p) = &cfg.base.results.html_out else {
-        return Ok(());
-    };
-    std::fs::write(p, crate::results::html::render_sweep(steps)).map_err(|source| {
-        BenchError::Output {
+/// Rewrites `--html` (sweep curves and every step overlaid), `--markdown`
+/// and `--csv` (every step) after each step.
+fn write_reports(cfg: &SweepConfig, steps: &[RunData]) -> Result<(), BenchError> {
+    use crate::results::{render, Format};
+    let r = &cfg.base.results;
+    for (path, format) in [
+        (&r.html_out, Format::Html),
+        (&r.markdown_out, Format::Markdown),
+        (&r.csv_out, Format::Csv),
+    ] {
+        let Some(p) = path else { continue };
+        let bytes = match format {
+            Format::Html => crate::results::html::render_sweep(steps).into_bytes(),
+            f => render(steps, f),
+        };
+        std::fs::write(p, bytes).map_err(|source| BenchError::Output {
             path: p.clone(),
             source,
-        }
-    })
+        })?;
+    }
+    Ok(())
 }
 
 /// The sweep as a table, one line per step, the knee marked.
