@@ -32,10 +32,21 @@ ID="$("$THROTL" runs list --db "$WORK/h.db" | awk 'NR==2 {print $1}')"
 "$THROTL" bench --url "$URL" -m throtl-sim -c 2 -d 3s --output-tokens 32 -q --db "$WORK/h.db" >/dev/null
 ID2="$("$THROTL" runs list --db "$WORK/h.db" | awk 'NR==2 {print $1}')"
 "$THROTL" report "$ID" "$ID2" --db "$WORK/h.db" --html "$WORK/report.html"
+# A sweep: its own HTML, and the same curves read back from the history by group id.
+"$THROTL" sweep --url "$URL" -m throtl-sim --concurrency 1,4,16 -n 24 --output-tokens 16 -q \
+    --db "$WORK/s.db" --slo ttft=100ms --html "$WORK/sweep.html" >/dev/null
+GROUP="$("$THROTL" runs list --db "$WORK/s.db" | awk 'NR==2 {print $7}')"
+"$THROTL" report "$GROUP" --db "$WORK/s.db" --html "$WORK/sweep-report.html"
+for f in sweep.html sweep-report.html; do
+    grep -q "Sweep curves" "$WORK/$f" && grep -q "knee" "$WORK/$f" || {
+        echo "FAIL: $f has no sweep curves"; exit 1; }
+done
 
-if grep -qiE '<script|src=|href=|https?://[a-z]' <(sed 's/http:\/\/127\.0\.0\.1[^<" ]*//g' "$WORK/report.html"); then
-    echo "FAIL: the report references external resources or scripts"; exit 1
-fi
+for f in report.html sweep.html; do
+    if grep -qiE '<script|src=|href=|https?://[a-z]' <(sed 's/http:\/\/127\.0\.0\.1[^<" ]*//g' "$WORK/$f"); then
+        echo "FAIL: $f references external resources or scripts"; exit 1
+    fi
+done
 
 check() {
     local html="$1" png="$WORK/$(basename "$1" .html).png" log="$WORK/$(basename "$1" .html).log"
@@ -70,5 +81,7 @@ PY
 }
 check "$WORK/single.html"
 check "$WORK/report.html"
+check "$WORK/sweep.html"
+check "$WORK/sweep-report.html"
 [ -n "${KEEP_SCREENSHOT:-}" ] && cp "$WORK/report.png" "$KEEP_SCREENSHOT"
 echo "browser check passed"

@@ -17,12 +17,11 @@ use crate::engine::tokenizer::Tokenizer;
 use crate::engine::workload::{self, SyntheticSpec, TokenLengths, Workload};
 use crate::engine::{self, Controls, LoadPlan, LoadShape, StopCondition};
 use crate::progress::{Progress, ProgressInputs};
-use crate::report::samples::RequestSample;
 use crate::report::RunReport;
 use crate::results::{Format, RunData};
 use crate::scrape::recorder::Recorder;
 use crate::stats::aggregator::RecordsOut;
-use crate::stats::{Aggregator, Snapshot, Stats};
+use crate::stats::{Aggregator, Snapshot};
 use crate::store::runs::StoredRun;
 use crate::store::Store;
 use crate::summary;
@@ -130,109 +129,207 @@ pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, Ben
 
 /// Like [`run`], returning the report with its samples and histograms.
 pub async fn run_full(cfg: &BenchConfig, controls: Controls) -> Result<StoredRun, BenchError> {
-    cfg.validate()?;
-    let mut outputs = Outputs::open(cfg)?;
-    let workload = build_workload(cfg)?;
-    preflight(&build_client()?, &cfg.url).await?;
-    let transport = Arc::new(build_transport(cfg)?);
-    let collect = outputs.want_samples();
-    let (mut report, stats, samples) = measure(
-        cfg,
-        transport,
-        controls,
-        outputs.records.take(),
-        workload,
-        collect,
-    )
-    .await?;
-    report.cost = cfg.results.cost.price(&report);
-    if let Some((path, file)) = outputs.json.take() {
-        write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
-    }
-    let run = StoredRun {
-        histograms: stats.histograms(),
-        report,
-        samples,
-        group: cfg.results.group.clone(),
-    };
-    outputs.finish(&run)?;
-    Ok(run)
+    let mut session = Session::open(cfg, &controls).await?;
+    session.run_slice(Slice::whole(cfg), controls).await;
+    session.finish()
 }
 
-async fn measure(
-    cfg: &BenchConfig,
+/// One stretch of load: the whole run, or one turn of an interleaved
+/// multi-target bench.
+#[derive(Debug, Clone, Copy)]
+pub struct Slice {
+    /// Sequence number (workload position) of the slice's first request.
+    pub first_seq: u64,
+    /// Warmup requests at the start of the slice.
+    pub warmup: u64,
+    /// When the slice's measured part ends.
+    pub stop: StopCondition,
+    /// Ramp-up at the start of the slice.
+    pub ramp_up: Duration,
+}
+
+impl Slice {
+    /// The whole run as one slice.
+    pub fn whole(cfg: &BenchConfig) -> Self {
+        Self {
+            first_seq: 0,
+            warmup: cfg.warmup,
+            stop: cfg.stop,
+            ramp_up: cfg.workload.ramp_up,
+        }
+    }
+}
+
+/// A bench against one target in progress: outputs open, the target
+/// checked, the aggregator, scraper and progress display running. Load is
+/// applied in one or more [`Slice`]s; [`Session::finish`] builds, stores and
+/// writes the report.
+pub struct Session {
+    cfg: BenchConfig,
+    outputs: Outputs,
     transport: Arc<Transport>,
-    controls: Controls,
-    records: Option<(PathBuf, File)>,
     workload: Workload,
-    collect: bool,
-) -> Result<(RunReport, Stats, Vec<RequestSample>), BenchError> {
-    let started_wall = time::OffsetDateTime::now_utc();
-    let origin = Instant::now();
-    let cpu_before = crate::sys::cpu_time();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let records_out = records.map(|(_, f)| RecordsOut {
-        writer: Box::new(BufWriter::with_capacity(1 << 16, f)) as Box<dyn Write + Send>,
-        origin,
-    });
-    let initial = crate::stats::Stats {
-        series: crate::stats::TimeSeries::starting_at(origin),
-        slos: cfg.workload.slos.clone(),
-        ..Default::default()
-    };
-    let aggregator = Aggregator::start_with(
-        rx,
-        cfg.input_tokens,
-        records_out,
-        snap_tx,
-        initial,
-        collect.then_some(origin),
-    )
-    .map_err(|e| BenchError::Internal(e.to_string()))?;
-    let (server_tx, server_rx) = watch::channel(None);
-    let recorder = Recorder::start(&cfg.url, SERVER_SCRAPE_EVERY, origin, server_tx).ok();
-    let inputs = ProgressInputs {
-        stop_at: cfg.stop,
-        warmup: cfg.warmup,
-        server: Some(server_rx),
-        title: format!(
-            "{}  model {}  concurrency {}",
-            cfg.url, cfg.model, cfg.concurrency
-        ),
-        controls: controls.clone(),
-    };
-    let progress = Progress::start(cfg.progress, snap_rx, inputs);
-    let distinct = workload.len();
-    let plan = Arc::new(LoadPlan {
-        concurrency: cfg.concurrency,
-        stop: cfg.stop,
-        warmup: cfg.warmup,
-        model: cfg.model.clone(),
-        ignore_eos: cfg.ignore_eos,
-        workload,
-        shape: cfg.workload.shape,
-        ramp_up: cfg.workload.ramp_up,
-        turns: cfg.workload.turns,
-    });
-    let outcome = engine::run(transport, plan, tx, controls).await;
-    let (stats, samples) =
-        aggregator
-            .finish_with_samples()
-            .map_err(|source| BenchError::Output {
-                path: cfg.records_out.clone().unwrap_or_default(),
-                source,
-            })?;
-    progress.finish();
-    let server_metrics = recorder.and_then(Recorder::finish);
-    let cpu = match (cpu_before, crate::sys::cpu_time()) {
-        (Some(a), Some(b)) => Some((b - a).as_secs_f64()),
-        _ => None,
-    };
-    let mut report = summary::build(cfg, &stats, &outcome, started_wall, cpu);
-    summary::add_workload(&mut report, cfg, &stats, distinct);
-    report.server_metrics = server_metrics;
-    Ok((report, stats, samples))
+    tx: std::sync::mpsc::Sender<crate::engine::record::RequestRecord>,
+    aggregator: Aggregator,
+    recorder: Option<Recorder>,
+    progress: Progress,
+    started_wall: time::OffsetDateTime,
+    cpu_before: Option<Duration>,
+    slices: Vec<engine::EngineOutcome>,
+}
+
+impl Session {
+    /// Validates, opens every output, builds the workload, checks the
+    /// target answers, and starts the aggregator, scraper and progress.
+    pub async fn open(cfg: &BenchConfig, controls: &Controls) -> Result<Self, BenchError> {
+        cfg.validate()?;
+        let mut outputs = Outputs::open(cfg)?;
+        let workload = build_workload(cfg)?;
+        preflight(&build_client()?, &cfg.url).await?;
+        let transport = Arc::new(build_transport(cfg)?);
+        let collect = outputs.want_samples();
+        let started_wall = time::OffsetDateTime::now_utc();
+        let origin = Instant::now();
+        let cpu_before = crate::sys::cpu_time();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let records_out = outputs.records.take().map(|(_, f)| RecordsOut {
+            writer: Box::new(BufWriter::with_capacity(1 << 16, f)) as Box<dyn Write + Send>,
+            origin,
+        });
+        let initial = crate::stats::Stats {
+            series: crate::stats::TimeSeries::starting_at(origin),
+            slos: cfg.workload.slos.clone(),
+            ..Default::default()
+        };
+        let aggregator = Aggregator::start_with(
+            rx,
+            cfg.input_tokens,
+            records_out,
+            snap_tx,
+            initial,
+            collect.then_some(origin),
+        )
+        .map_err(|e| BenchError::Internal(e.to_string()))?;
+        let (server_tx, server_rx) = watch::channel(None);
+        let recorder = Recorder::start(&cfg.url, SERVER_SCRAPE_EVERY, origin, server_tx).ok();
+        let inputs = ProgressInputs {
+            stop_at: cfg.stop,
+            warmup: cfg.warmup,
+            server: Some(server_rx),
+            title: format!(
+                "{}  model {}  concurrency {}",
+                cfg.url, cfg.model, cfg.concurrency
+            ),
+            controls: controls.clone(),
+        };
+        let progress = Progress::start(cfg.progress, snap_rx, inputs);
+        Ok(Self {
+            cfg: cfg.clone(),
+            outputs,
+            transport,
+            workload,
+            tx,
+            aggregator,
+            recorder,
+            progress,
+            started_wall,
+            cpu_before,
+            slices: Vec::new(),
+        })
+    }
+
+    /// Applies one slice of load; its records go to this session's aggregator.
+    pub async fn run_slice(&mut self, slice: Slice, controls: Controls) -> engine::EngineOutcome {
+        let cfg = &self.cfg;
+        let plan = Arc::new(LoadPlan {
+            concurrency: cfg.concurrency,
+            stop: slice.stop,
+            warmup: slice.warmup,
+            model: cfg.model.clone(),
+            ignore_eos: cfg.ignore_eos,
+            workload: self.workload.clone(),
+            shape: cfg.workload.shape,
+            ramp_up: slice.ramp_up,
+            first_seq: slice.first_seq,
+            turns: cfg.workload.turns,
+        });
+        let outcome = engine::run(self.transport.clone(), plan, self.tx.clone(), controls).await;
+        self.slices.push(outcome);
+        outcome
+    }
+
+    /// The slices as one outcome: active time only, so time spent on other
+    /// targets' turns is neither run time nor part of the throughput window.
+    fn outcome(&self) -> (engine::EngineOutcome, Duration) {
+        let now = Instant::now();
+        let first = self.slices.first().map_or(now, |o| o.started);
+        let active: Duration = self.slices.iter().map(|o| o.ended - o.started).sum();
+        let idle = self
+            .slices
+            .windows(2)
+            .map(|w| w[1].started.saturating_duration_since(w[0].ended))
+            .sum();
+        let outcome = engine::EngineOutcome {
+            started: first,
+            ended: first + active,
+            peak_in_flight: self
+                .slices
+                .iter()
+                .map(|o| o.peak_in_flight)
+                .max()
+                .unwrap_or(0),
+            interrupted: self.slices.iter().any(|o| o.interrupted),
+        };
+        (outcome, idle)
+    }
+
+    /// Builds the report, stores the run and writes every output.
+    pub fn finish(self) -> Result<StoredRun, BenchError> {
+        let (outcome, idle) = self.outcome();
+        let Session {
+            cfg,
+            mut outputs,
+            workload,
+            tx,
+            aggregator,
+            recorder,
+            progress,
+            started_wall,
+            cpu_before,
+            ..
+        } = self;
+        drop(tx);
+        let (mut stats, samples) =
+            aggregator
+                .finish_with_samples()
+                .map_err(|source| BenchError::Output {
+                    path: cfg.records_out.clone().unwrap_or_default(),
+                    source,
+                })?;
+        stats.idle = idle;
+        progress.finish();
+        let server_metrics = recorder.and_then(Recorder::finish);
+        let cpu = match (cpu_before, crate::sys::cpu_time()) {
+            (Some(a), Some(b)) => Some((b - a).as_secs_f64()),
+            _ => None,
+        };
+        let mut report = summary::build(&cfg, &stats, &outcome, started_wall, cpu);
+        summary::add_workload(&mut report, &cfg, &stats, workload.len());
+        report.server_metrics = server_metrics;
+        report.cost = cfg.results.cost.price(&report);
+        if let Some((path, file)) = outputs.json.take() {
+            write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
+        }
+        let run = StoredRun {
+            histograms: stats.histograms(),
+            report,
+            samples,
+            group: cfg.results.group.clone(),
+        };
+        outputs.finish(&run)?;
+        Ok(run)
+    }
 }
 
 /// Most distinct prompts pre-built for one run; later requests reuse them.
@@ -341,18 +438,31 @@ pub fn request_headers(
     cfg: &BenchConfig,
     protocol: &dyn Protocol,
 ) -> Result<HeaderMap, ConfigError> {
+    headers_for(
+        cfg.api_key_env.as_deref(),
+        &cfg.api_options.headers,
+        protocol,
+    )
+}
+
+/// [`request_headers`] from its parts: `--api-key-env` and the `-H` headers.
+pub fn headers_for(
+    api_key_env: Option<&str>,
+    extra: &[(String, String)],
+    protocol: &dyn Protocol,
+) -> Result<HeaderMap, ConfigError> {
     let mut headers = HeaderMap::new();
     for (name, value) in protocol.fixed_headers() {
         headers.insert(*name, HeaderValue::from_static(value));
     }
-    if let Some((var, key)) = api_key(cfg, protocol)? {
+    if let Some((var, key)) = api_key(api_key_env, protocol)? {
         let (name, value) = match protocol.auth() {
             AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {key}")),
             AuthStyle::Header(h) => (HeaderName::from_static(h), key),
         };
         headers.insert(name, sensitive(&value, &format!("the API key in ${var}"))?);
     }
-    for (name, value) in &cfg.api_options.headers {
+    for (name, value) in extra {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ConfigError(format!("-H '{name}' is not a valid header name")))?;
         let value = sensitive(value, &format!("the value of -H '{name}'"))?;
@@ -373,15 +483,15 @@ fn sensitive(value: &str, what: &str) -> Result<HeaderValue, ConfigError> {
 
 /// The API key and the variable it came from, if any.
 fn api_key(
-    cfg: &BenchConfig,
+    api_key_env: Option<&str>,
     protocol: &dyn Protocol,
 ) -> Result<Option<(String, String)>, ConfigError> {
-    let Some(var) = cfg.api_key_env.as_deref().or(protocol.key_env()) else {
+    let Some(var) = api_key_env.or(protocol.key_env()) else {
         return Ok(None);
     };
     match std::env::var(var) {
         Ok(key) if !key.trim().is_empty() => Ok(Some((var.to_owned(), key.trim().to_owned()))),
-        _ if cfg.api_key_env.is_some() => Err(ConfigError(format!(
+        _ if api_key_env.is_some() => Err(ConfigError(format!(
             "--api-key-env names '{var}', but that environment variable is not set"
         ))),
         _ => Ok(None),

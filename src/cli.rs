@@ -20,8 +20,10 @@ use crate::sim::faults::FaultConfig;
 use crate::sim::{EngineFlavor, SimConfig};
 
 mod monitor;
+mod race;
 mod results;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
+pub use race::{RaceArgs, RankArg};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
 
 /// Measure, compare and watch LLM inference servers.
@@ -80,6 +82,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Compare runs with confidence intervals and significance tests; gate regressions.
     Compare(CompareArgs),
+    /// Stream one prompt to several targets at once, side by side; rank them (--demo: simulators).
+    Race(Box<RaceArgs>),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -196,6 +200,17 @@ pub struct BenchArgs {
         help_heading = "Target"
     )]
     pub targets: Vec<String>,
+    /// With several --target: alternate them in ROUNDS rounds (default 5) instead of one after
+    /// another, so drift on this machine hits every target alike (needs --requests).
+    #[arg(
+        long,
+        value_name = "ROUNDS",
+        num_args = 0..=1,
+        default_missing_value = "5",
+        requires = "targets",
+        help_heading = "Target"
+    )]
+    pub interleave: Option<u32>,
     /// Model name to request [default: the first model listed by /v1/models].
     #[arg(long, short = 'm', env = "THROTL_MODEL", help_heading = "Target")]
     pub model: Option<String>,
@@ -563,6 +578,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Probe(args) => run_probe(&args),
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
+        Command::Race(args) => race::run_race(&args),
     }
 }
 

@@ -14,8 +14,10 @@ pub mod config_file;
 pub mod demo;
 pub mod engine;
 pub mod monitor;
+pub mod multi;
 pub mod probe;
 pub mod progress;
+pub mod race;
 pub mod report;
 pub mod results;
 pub mod scrape;
@@ -58,7 +60,9 @@ pub async fn run_bench_stored_with_interrupt(
     result
 }
 
-async fn watch_interrupts(controls: Controls, grace: Duration, verbose: bool) {
+/// Turns Ctrl-C into `controls`: the first stops new requests, a second one
+/// (or `grace` expiring) cancels in-flight ones. Runs until then.
+pub async fn watch_interrupts(controls: Controls, grace: Duration, verbose: bool) {
     if tokio::signal::ctrl_c().await.is_err() {
         return;
     }

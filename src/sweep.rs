@@ -14,6 +14,7 @@
 
 use std::path::PathBuf;
 
+use crate::results::RunData;
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{self, BenchError};
@@ -112,6 +113,10 @@ pub struct SweepReport {
     pub slo: Option<SweepSlo>,
     /// The run stopped early (Ctrl-C).
     pub interrupted: bool,
+    /// History group of the steps' stored runs (`throtl report GROUP`,
+    /// `runs list --group GROUP`).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// Finds the knee of (load, throughput) points in increasing load; see the module docs.
@@ -178,6 +183,10 @@ fn step_config(base: &BenchConfig, axis_is_rate: bool, load: f64) -> BenchConfig
     let mut cfg = base.clone();
     cfg.json_out = None;
     cfg.records_out = None;
+    // The sweep writes its own report files; steps only store their runs.
+    cfg.results.html_out = None;
+    cfg.results.markdown_out = None;
+    cfg.results.csv_out = None;
     if axis_is_rate {
         let (process, seed, max_concurrency) = match base.workload.shape {
             LoadShape::Open {
@@ -233,8 +242,18 @@ pub async fn run(
         knee: None,
         slo: None,
         interrupted: false,
+        group: cfg.base.results.db.as_ref().map(|_| {
+            cfg.base
+                .results
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("sweep-{}", crate::scrape::unix_ms()))
+        }),
     };
     check_output(cfg)?;
+    let mut base = cfg.base.clone();
+    base.results.group.clone_from(&report.group);
+    let mut step_runs: Vec<RunData> = Vec::new();
     if probe.take().is_some() {
         let p = bench::run(
             &step_config(&cfg.base, false, f64::from(cfg.base.concurrency)),
@@ -253,11 +272,10 @@ pub async fn run(
             report.interrupted = true;
             break;
         }
-        let run = bench::run(
-            &step_config(&cfg.base, axis_is_rate, load),
-            controls.clone(),
-        )
-        .await?;
+        let stored =
+            bench::run_full(&step_config(&base, axis_is_rate, load), controls.clone()).await?;
+        let run = stored.report.clone();
+        step_runs.push(RunData::from(stored));
         report.interrupted |= run.status == crate::report::RunStatus::Interrupted;
         report.steps.push(SweepStep { load, run });
         if let Some(s) = report.steps.last() {
@@ -265,6 +283,7 @@ pub async fn run(
         }
         finish(&mut report);
         write(cfg, &report)?;
+        write_reports(cfg, &step_runs)?;
     }
     Ok(report)
 }
@@ -284,7 +303,10 @@ fn finish(report: &mut SweepReport) {
 }
 
 fn check_output(cfg: &SweepConfig) -> Result<(), BenchError> {
-    if let Some(p) = &cfg.json_out {
+    for p in [&cfg.json_out, &cfg.base.results.html_out]
+        .into_iter()
+        .flatten()
+    {
         std::fs::File::create(p).map_err(|source| BenchError::Output {
             path: p.clone(),
             source,
@@ -303,6 +325,29 @@ fn write(cfg: &SweepConfig, report: &SweepReport) -> Result<(), BenchError> {
     };
     let text = serde_json::to_string_pretty(report).map_err(|e| out(std::io::Error::other(e)))?;
     std::fs::write(p, text + "\n").map_err(out)
+}
+
+/// Rewrites `--html` (sweep curves and every step overlaid), `--markdown`
+/// and `--csv` (every step) after each step.
+fn write_reports(cfg: &SweepConfig, steps: &[RunData]) -> Result<(), BenchError> {
+    use crate::results::{render, Format};
+    let r = &cfg.base.results;
+    for (path, format) in [
+        (&r.html_out, Format::Html),
+        (&r.markdown_out, Format::Markdown),
+        (&r.csv_out, Format::Csv),
+    ] {
+        let Some(p) = path else { continue };
+        let bytes = match format {
+            Format::Html => crate::results::html::render_sweep(steps).into_bytes(),
+            f => render(steps, f),
+        };
+        std::fs::write(p, bytes).map_err(|source| BenchError::Output {
+            path: p.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The sweep as a table, one line per step, the knee marked.

@@ -60,6 +60,7 @@ async fn run_turns_shaped(
         shape,
         ramp_up: Duration::ZERO,
         turns,
+        first_seq: 0,
     });
     let (tx, rx) = mpsc::channel();
     throtl::engine::run(transport, plan, tx, Controls::default()).await;

@@ -61,6 +61,7 @@ async fn issue4_interrupt_while_waiting_for_a_slot_accounts_every_due_arrival() 
         shape: shape(),
         ramp_up: Duration::ZERO,
         turns: 1,
+        first_seq: 0,
     });
     let controls = Controls::default();
     let stopper = interrupt_after(&controls, Duration::from_millis(300));

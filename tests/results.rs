@@ -326,4 +326,33 @@ fn issue7_multi_target_bench_runs_each_target_stores_a_group_and_compares() {
         (&a["seed"], &a["input_tokens"]),
         (&b["seed"], &b["input_tokens"])
     );
+    group_is_listed_filtered_and_compared(&db, &groups[0]);
+}
+
+/// `runs list` shows the group, `--group` filters by it, and `compare GROUP`
+/// compares all its runs (baseline: the first target, benched first).
+fn group_is_listed_filtered_and_compared(db: &Path, group: &str) {
+    let run = |args: &[&str]| {
+        let o = Command::new(common::bin())
+            .args(args)
+            .arg("--db")
+            .arg(db)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let all = run(&["runs", "list"]);
+    assert!(all.lines().next().unwrap().contains("GROUP"), "{all}");
+    assert_eq!(all.matches(group).count(), 2, "{all}");
+    assert_eq!(run(&["runs", "list", "--group", group]).lines().count(), 3);
+    let cmp = run(&["compare", group]);
+    let ttft = cmp.lines().find(|l| l.starts_with("ttft.p50")).unwrap();
+    assert!(ttft.contains("baseline better"), "{cmp}");
+    let o = Command::new(common::bin())
+        .args(["runs", "list", "--group", "group-0", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no runs in group 'group-0'"));
 }

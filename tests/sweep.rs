@@ -76,8 +76,12 @@ async fn concurrency_sweep_finds_the_knee_and_the_slo_limit() {
     let url = capacity_server().await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("sweep.json");
+    let (db, html) = (dir.path().join("h.db"), dir.path().join("sweep.html"));
+    let mut b = base(url, None);
+    b.results.db = Some(db.clone());
+    b.results.html_out = Some(html.clone());
     let cfg = SweepConfig {
-        base: base(url, None),
+        base: b,
         axis: SweepAxis::Concurrency(vec![1, 2, 4, 8]),
         json_out: Some(json.clone()),
     };
@@ -111,6 +115,44 @@ async fn concurrency_sweep_finds_the_knee_and_the_slo_limit() {
         table.contains("← knee") && table.contains("SLO (p90): met up to concurrency 2"),
         "{table}"
     );
+    sweep_is_stored_as_a_group_and_drawn_with_its_knee(&report, &db, &html);
+}
+
+/// Issue 7: the steps are one history group; `sweep --html` and `report
+/// GROUP` draw the sweep curves with the same knee.
+fn sweep_is_stored_as_a_group_and_drawn_with_its_knee(
+    report: &SweepReport,
+    db: &std::path::Path,
+    html: &std::path::Path,
+) {
+    let group = report.group.clone().unwrap();
+    assert!(group.starts_with("sweep-"), "{group}");
+    let store = throtl::store::Store::open(db).unwrap();
+    let listed = store.list_runs_in(None, None, Some(&group)).unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(listed
+        .iter()
+        .all(|r| r.group.as_deref() == Some(group.as_str())));
+    let loaded = throtl::results::load_many(&group, Some(&store)).unwrap();
+    assert!(loaded.sweep);
+    let curves = throtl::results::curves::SweepCurves::from_runs(&loaded.runs);
+    assert_eq!(curves.knee, report.knee);
+    assert_eq!(
+        curves.points.iter().map(|p| p.load).collect::<Vec<_>>(),
+        [1.0, 2.0, 4.0, 8.0]
+    );
+    assert!(curves.points.iter().all(|p| p.goodput.is_some()));
+    let page = std::fs::read_to_string(html).unwrap();
+    for want in [
+        "Sweep curves",
+        "TTFT vs throughput",
+        "Throughput and goodput vs load",
+        "knee (concurrency 2)",
+        "2 ◀ knee",
+    ] {
+        assert!(page.contains(want), "{want} missing");
+    }
+    assert!(page.matches("<svg").count() >= 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use super::{parse_duration, print_stdout};
 use crate::config::ResultOptions;
 use crate::results::compare::{gate, GateRule};
 use crate::results::cost::{CostModel, PriceTable};
-use crate::results::{load, render, text, Format, RunData};
+use crate::results::{load_many, render, text, Format, RunData};
 use crate::scrape::unix_ms;
 use crate::store::Store;
 
@@ -107,6 +107,9 @@ pub enum RunsAction {
         /// Only runs started within this long, e.g. 7d.
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
+        /// Only the runs of this group (a multi-target bench `group-…` or a sweep `sweep-…`).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Print a stored run's summary (as at the end of the bench).
     Show {
@@ -155,7 +158,8 @@ pub enum ExportFormat {
 /// `throtl report` flags.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Run ids, or JSON files (--json summaries or `runs export` files); several are overlaid.
+    /// Run ids, JSON files (--json summaries, `runs export` files, `sweep --json` files) or group
+    /// ids (all their runs; a sweep group draws sweep curves); several are overlaid.
     #[arg(required = true, value_name = "RUN")]
     pub runs: Vec<String>,
     /// History database [default: as for bench].
@@ -175,8 +179,9 @@ pub struct ReportArgs {
 /// `throtl compare` flags.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Baseline, then the runs to compare with it (run ids or JSON files).
-    #[arg(required = true, num_args = 2.., value_name = "RUN")]
+    /// Baseline, then the runs to compare with it (run ids or JSON files); a group id (see
+    /// `runs list`) stands for all its runs, oldest first.
+    #[arg(required = true, num_args = 1.., value_name = "RUN")]
     pub runs: Vec<String>,
     /// History database [default: as for bench].
     #[arg(long, env = "THROTL_DB", value_name = "PATH")]
@@ -243,27 +248,20 @@ fn rfc3339(ms: i64) -> String {
 pub fn run_runs(args: &RunsArgs) -> Result<ExitCode> {
     let store = open_existing(args.db.as_ref())?;
     match &args.action {
-        RunsAction::List { target, since } => {
+        RunsAction::List {
+            target,
+            since,
+            group,
+        } => {
             let since_ms = since.map(|d| unix_ms() - d.as_millis() as i64);
-            let runs = store.list_runs(target.as_deref(), since_ms)?;
-            let mut s = format!(
-                "{:<22} {:<24} {:<11} {:>6} {:>10} {:>10}  {}\n",
-                "ID", "STARTED", "STATUS", "OK", "OUT TOK/S", "TTFT P50", "TARGET (MODEL)"
-            );
-            for r in &runs {
-                s.push_str(&format!(
-                    "{:<22} {:<24} {:<11} {:>6} {:>10.1} {:>10.1}  {} ({})\n",
-                    r.id,
-                    rfc3339(r.started_ms),
-                    r.status,
-                    r.ok,
-                    r.output_tokens_per_s,
-                    r.ttft_p50_ms,
-                    r.target,
-                    r.model
-                ));
+            let runs = store.list_runs_in(target.as_deref(), since_ms, group.as_deref())?;
+            if runs.is_empty() && group.is_some() {
+                bail!(
+                    "no runs in group '{}'; `throtl runs list` shows each run's group",
+                    group.as_deref().unwrap_or_default()
+                );
             }
-            print_stdout(&s);
+            print_stdout(&listing(&runs));
         }
         RunsAction::Show { id, json } => {
             let run = store
@@ -321,6 +319,28 @@ pub fn run_runs(args: &RunsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn listing(runs: &[crate::store::runs::RunListing]) -> String {
+    let mut s = format!(
+        "{:<22} {:<24} {:<11} {:>6} {:>10} {:>10}  {:<20}  {}\n",
+        "ID", "STARTED", "STATUS", "OK", "OUT TOK/S", "TTFT P50", "GROUP", "TARGET (MODEL)"
+    );
+    for r in runs {
+        s.push_str(&format!(
+            "{:<22} {:<24} {:<11} {:>6} {:>10.1} {:>10.1}  {:<20}  {} ({})\n",
+            r.id,
+            rfc3339(r.started_ms),
+            r.status,
+            r.ok,
+            r.output_tokens_per_s,
+            r.ttft_p50_ms,
+            r.group.as_deref().unwrap_or("-"),
+            r.target,
+            r.model
+        ));
+    }
+    s
+}
+
 fn percentile_cis(run: &RunData) -> String {
     use crate::results::SampleMetric::*;
     if run.samples.is_empty() {
@@ -339,17 +359,27 @@ fn percentile_cis(run: &RunData) -> String {
     s
 }
 
-fn load_all(specs: &[String], db: Option<&PathBuf>) -> Result<Vec<RunData>> {
+/// Loads every argument (run ids, JSON files, group ids); the flag says
+/// whether they are the steps of one sweep.
+fn load_all_with(specs: &[String], db: Option<&PathBuf>) -> Result<(Vec<RunData>, bool)> {
     let store = open_store(db)?;
-    specs
-        .iter()
-        .map(|s| load(s, store.as_ref()).map_err(Into::into))
-        .collect()
+    let mut runs = Vec::new();
+    let mut sweep = specs.len() == 1;
+    for spec in specs {
+        let l = load_many(spec, store.as_ref())?;
+        sweep &= l.sweep;
+        runs.extend(l.runs);
+    }
+    Ok((runs, sweep))
+}
+
+fn load_all(specs: &[String], db: Option<&PathBuf>) -> Result<Vec<RunData>> {
+    load_all_with(specs, db).map(|(r, _)| r)
 }
 
 /// Runs `throtl report …`.
 pub fn run_report(args: &ReportArgs) -> Result<ExitCode> {
-    let runs = load_all(&args.runs, args.db.as_ref())?;
+    let (runs, sweep) = load_all_with(&args.runs, args.db.as_ref())?;
     let mut wrote = false;
     for (path, format) in [
         (&args.html, Format::Html),
@@ -357,7 +387,12 @@ pub fn run_report(args: &ReportArgs) -> Result<ExitCode> {
         (&args.csv, Format::Csv),
     ] {
         if let Some(p) = path {
-            write_or_print(Some(p), &render(&runs, format))?;
+            let bytes = if sweep && format == Format::Html {
+                crate::results::html::render_sweep(&runs).into_bytes()
+            } else {
+                render(&runs, format)
+            };
+            write_or_print(Some(p), &bytes)?;
             if p != Path::new("-") {
                 eprintln!("wrote {}", p.display());
             }
@@ -381,6 +416,9 @@ pub fn run_compare(args: &CompareArgs) -> Result<ExitCode> {
         .map(|r| GateRule::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
     let runs = load_all(&args.runs, args.db.as_ref())?;
+    if runs.len() < 2 {
+        bail!("compare needs at least two runs; a group id stands for all of its runs");
+    }
     print_stdout(&text::compare_console(&runs));
     if let Some(p) = &args.markdown {
         write_or_print(Some(p), &render(&runs, Format::Markdown))?;
@@ -408,7 +446,7 @@ pub fn run_compare(args: &CompareArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(REGRESSION_EXIT))
 }
 
-fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_targets(raw: &[String]) -> Result<Vec<(String, String)>> {
     let mut out: Vec<(String, String)> = Vec::new();
     for t in raw {
         let Some((name, url)) = t
@@ -436,9 +474,69 @@ fn with_suffix(p: &Path, name: &str) -> PathBuf {
     p.with_file_name(file)
 }
 
+async fn run_sequential(
+    targets: &[(String, String)],
+    cfgs: &[crate::config::BenchConfig],
+) -> Result<Vec<(String, RunData)>> {
+    let mut runs = Vec::new();
+    for ((name, url), cfg) in targets.iter().zip(cfgs) {
+        eprintln!("== target {name}: {url}");
+        let run = crate::run_bench_stored_with_interrupt(cfg).await?;
+        super::finish_report(&run.report, cfg)?;
+        let interrupted = run.report.status == crate::report::RunStatus::Interrupted;
+        runs.push((name.clone(), RunData::from(run)));
+        if interrupted {
+            break;
+        }
+    }
+    Ok(runs)
+}
+
+/// `--interleave`: every target's session open at once, turns alternating
+/// (see [`crate::multi`]); progress is one line per turn.
+async fn run_interleaved(
+    targets: &[(String, String)],
+    mut cfgs: Vec<crate::config::BenchConfig>,
+    rounds: u32,
+) -> Result<Vec<(String, RunData)>> {
+    let quiet = cfgs
+        .first()
+        .is_some_and(|c| c.progress == crate::config::ProgressMode::Quiet);
+    for c in &mut cfgs {
+        c.progress = crate::config::ProgressMode::Quiet;
+    }
+    let controls = crate::engine::Controls::default();
+    let grace = cfgs.first().map_or(Duration::from_secs(3), |c| c.grace);
+    let watcher = tokio::spawn(crate::watch_interrupts(controls.clone(), grace, !quiet));
+    eprintln!(
+        "== interleaving {} targets in {rounds} rounds",
+        targets.len()
+    );
+    let result = crate::multi::run_interleaved(&cfgs, rounds, controls, |t, round, o| {
+        if !quiet {
+            eprintln!(
+                "round {}/{rounds}  {}: {:.2} s",
+                round + 1,
+                targets[t].0,
+                (o.ended - o.started).as_secs_f64()
+            );
+        }
+    })
+    .await;
+    watcher.abort();
+    let mut runs = Vec::new();
+    for (((name, url), cfg), run) in targets.iter().zip(&cfgs).zip(result?) {
+        eprintln!("== target {name}: {url}");
+        super::finish_report(&run.report, cfg)?;
+        runs.push((name.clone(), RunData::from(run)));
+    }
+    Ok(runs)
+}
+
 /// `throtl bench --target A=URL --target B=URL …`: the same workload (same
-/// prompts, same seed) against each target in turn, stored as one group, then
-/// compared (the first target is the baseline).
+/// prompts, same seed) against each target in turn (or interleaved with
+/// `--interleave`), stored as one group, then compared (the first target is
+/// the baseline).
 pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
     let targets = parse_targets(&args.targets)?;
     let create = |p: &Option<PathBuf>| -> Result<Option<(PathBuf, std::fs::File)>> {
@@ -459,7 +557,7 @@ pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
     let rt = super::runtime(args.threads)?;
     let group = format!("group-{}", unix_ms());
     let runs = rt.block_on(async {
-        let mut runs = Vec::new();
+        let mut cfgs = Vec::new();
         for (name, url) in &targets {
             let (api, model) = super::resolve_target_at(args, url).await?;
             let mut cfg = args.to_config_for(url, model, api)?;
@@ -469,16 +567,12 @@ pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
             cfg.results.markdown_out = None;
             cfg.results.csv_out = None;
             cfg.results.group = Some(group.clone());
-            eprintln!("== target {name}: {url}");
-            let run = crate::run_bench_stored_with_interrupt(&cfg).await?;
-            super::finish_report(&run.report, &cfg)?;
-            let interrupted = run.report.status == crate::report::RunStatus::Interrupted;
-            runs.push((name.clone(), RunData::from(run)));
-            if interrupted {
-                break;
-            }
+            cfgs.push(cfg);
         }
-        anyhow::Ok(runs)
+        match args.interleave {
+            Some(rounds) => run_interleaved(&targets, cfgs, rounds).await,
+            None => run_sequential(&targets, &cfgs).await,
+        }
     })?;
     let mut s = String::from("\n== comparison (baseline: the first target)\n");
     for (i, (name, r)) in runs.iter().enumerate() {

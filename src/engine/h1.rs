@@ -188,6 +188,7 @@ pub(super) async fn execute(
     body: &[u8],
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
+    on_chunk: &mut impl FnMut(Instant, &[u8]),
 ) {
     let wire = target.request_bytes(path, &t.headers, body);
     rec.sent = Instant::now();
@@ -199,7 +200,7 @@ pub(super) async fn execute(
         deadline,
         cancelled,
     };
-    if let Err(a) = exchange(t, target, &wire, rec, &mut guard).await {
+    if let Err(a) = exchange(t, target, &wire, rec, &mut guard, on_chunk).await {
         let now = Instant::now();
         match a {
             Abort::Timeout if rec.headers.is_none() => fail(
@@ -225,6 +226,7 @@ async fn exchange(
     wire: &[u8],
     rec: &mut RequestRecord,
     g: &mut Guard<'_, '_>,
+    on_chunk: &mut impl FnMut(Instant, &[u8]),
 ) -> Result<(), Abort> {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut retried = false;
@@ -267,7 +269,8 @@ async fn exchange(
             read_error_body(&mut conn, &mut buf, head, filled, rec).await;
             return Ok(());
         }
-        let reusable = read_stream(t, &mut conn, &mut buf, head, filled, at, rec, g).await?;
+        let reusable =
+            read_stream(t, &mut conn, &mut buf, head, filled, at, rec, g, on_chunk).await?;
         if reusable {
             target.checkin(conn);
         }
@@ -440,6 +443,7 @@ async fn read_stream(
     first_at: Instant,
     rec: &mut RequestRecord,
     g: &mut Guard<'_, '_>,
+    on_chunk: &mut impl FnMut(Instant, &[u8]),
 ) -> Result<bool, Abort> {
     let p: &dyn Protocol = t.protocol.as_ref();
     let mut dec = Decoder::new(p.framing());
@@ -460,7 +464,9 @@ async fn read_stream(
         if !stopped {
             for r in &ranges {
                 let bytes = &buf[start + r.start..start + r.end];
-                if let Step::Stop = dec.feed(p, bytes, at, rec) {
+                let step = dec.feed(p, bytes, at, rec);
+                on_chunk(at, bytes);
+                if let Step::Stop = step {
                     stopped = true;
                     break;
                 }

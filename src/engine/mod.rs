@@ -92,6 +92,10 @@ pub struct LoadPlan {
     pub shape: LoadShape,
     /// Load ramps up over this long; requests due during the ramp count as warmup.
     pub ramp_up: Duration,
+    /// Sequence number of the first request (0; later slices of an
+    /// interleaved multi-target bench continue where the previous one ended,
+    /// so they send the next prompts of the workload).
+    pub first_seq: u64,
     /// Chat turns per conversation (1: independent requests). Closed loop
     /// only: each user runs its conversation's turns one after another.
     pub turns: u32,
@@ -133,7 +137,7 @@ impl Issuer {
     fn new(plan: Arc<LoadPlan>, soft: CancellationToken, started: Instant) -> Self {
         let ramp_end = started + plan.ramp_up;
         Self {
-            next: AtomicU64::new(0),
+            next: AtomicU64::new(plan.first_seq),
             measured: AtomicU64::new(0),
             plan,
             measure_start: OnceLock::new(),
@@ -155,7 +159,7 @@ impl Issuer {
     /// that was due before the stop, so it can be accounted as not sent.
     fn admit(&self, due: Instant) -> Option<(u64, bool)> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        if seq < self.plan.warmup || due < self.ramp_end {
+        if seq < self.plan.first_seq + self.plan.warmup || due < self.ramp_end {
             return Some((seq, true));
         }
         let go = match self.plan.stop {

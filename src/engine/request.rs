@@ -248,9 +248,33 @@ pub async fn execute(
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
 ) {
+    execute_with(t, req, rec, cancel, |_, _| {}).await;
+}
+
+/// Like [`execute`], also handing every body chunk of a successful response
+/// (body bytes, de-chunked) to `on_chunk` with its arrival instant, after
+/// the instant is taken and after the chunk is decoded into `rec`. `on_chunk` must be cheap (e.g. a
+/// channel send): it runs on the measuring task. `execute` passes a no-op,
+/// which compiles away.
+pub async fn execute_with(
+    t: &Transport,
+    req: &GenRequest,
+    rec: &mut RequestRecord,
+    cancel: &CancellationToken,
+    mut on_chunk: impl FnMut(Instant, &[u8]),
+) {
     let spec = t.protocol.build(req);
     if let Some(target) = &t.h1 {
-        super::h1::execute(t, target, &spec.path, &spec.body, rec, cancel).await;
+        super::h1::execute(
+            t,
+            target,
+            &spec.path,
+            &spec.body,
+            rec,
+            cancel,
+            &mut on_chunk,
+        )
+        .await;
         return;
     }
     let request = match build_request(t, &spec.path, spec.body) {
@@ -292,7 +316,7 @@ pub async fn execute(
         read_error_body(resp.into_body(), rec).await;
         return;
     }
-    read_stream(t, resp.into_body(), rec, cancel, deadline).await;
+    read_stream(t, resp.into_body(), rec, cancel, deadline, &mut on_chunk).await;
 }
 
 /// The next data bytes of the body: `Ok(None)` at its end; trailers skipped.
@@ -316,6 +340,7 @@ async fn read_stream(
     rec: &mut RequestRecord,
     cancel: &CancellationToken,
     mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    on_chunk: &mut impl FnMut(Instant, &[u8]),
 ) {
     let mut dec = Decoder::new(t.protocol.framing());
     // Created once: re-creating the cancellation future per chunk would
@@ -332,7 +357,9 @@ async fn read_stream(
         let at = Instant::now();
         match chunk {
             Ok(Some(bytes)) => {
-                if let Step::Stop = dec.feed(t.protocol.as_ref(), &bytes, at, rec) {
+                let step = dec.feed(t.protocol.as_ref(), &bytes, at, rec);
+                on_chunk(at, &bytes);
+                if let Step::Stop = step {
                     return;
                 }
             }

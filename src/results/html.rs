@@ -57,6 +57,36 @@ fn fmt_tick(v: f64, step: f64) -> String {
 
 /// An SVG line chart with axes, ticks and a legend.
 pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
+    chart(title, xlabel, ylabel, series, None, false)
+}
+
+/// A vertical marker line at `x` with a label (e.g. the sweep's knee).
+pub struct Marker {
+    /// Position on the x axis.
+    pub x: f64,
+    /// Text next to the line.
+    pub label: String,
+}
+
+/// [`line_chart`] with a dot on every point and an optional vertical marker.
+pub fn marked_chart(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    marker: Option<&Marker>,
+) -> String {
+    chart(title, xlabel, ylabel, series, marker, true)
+}
+
+fn chart(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    marker: Option<&Marker>,
+    dots: bool,
+) -> String {
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
     for &(x, y) in pts.filter(|p| p.0.is_finite() && p.1.is_finite()) {
@@ -114,6 +144,13 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
             r#"<polyline fill="none" stroke="{c}" stroke-width="1.6" points="{}"/>"#,
             path.join(" ")
         );
+        if dots {
+            for p in &path {
+                if let Some((x, y)) = p.split_once(',') {
+                    let _ = write!(s, r#"<circle cx="{x}" cy="{y}" r="2.5" fill="{c}"/>"#);
+                }
+            }
+        }
         if series.len() > 1 {
             let ly = PAD_T + 12.0 * i as f64;
             let _ = write!(
@@ -126,6 +163,17 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
                 esc(&se.label)
             );
         }
+    }
+    if let Some(m) = marker.filter(|m| m.x.is_finite()) {
+        let x = sx(m.x);
+        let _ = write!(
+            s,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{PAD_T}" y2="{:.1}" class="knee" stroke="#dc2626" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" class="legend" fill="#dc2626">{}</text>"##,
+            PAD_T + ph,
+            x + 4.0,
+            PAD_T + 10.0,
+            esc(&m.label)
+        );
     }
     s.push_str("</svg>");
     s
@@ -368,13 +416,25 @@ pre{background:#f8fafc;border:1px solid #e5e7eb;padding:8px;font-size:12px;overf
 
 /// Renders one or several runs (overlaid) as a self-contained HTML page.
 pub fn render(runs: &[RunData]) -> String {
+    render_with(runs, None)
+}
+
+/// Renders the steps of a sweep: the sweep curves (throughput vs latency,
+/// goodput vs load, knee marked) first, then every step overlaid.
+pub fn render_sweep(steps: &[RunData]) -> String {
+    let curves = super::curves::SweepCurves::from_runs(steps);
+    render_with(steps, Some(&curves))
+}
+
+fn render_with(runs: &[RunData], sweep: Option<&super::curves::SweepCurves>) -> String {
     let labels: Vec<String> = runs
         .iter()
         .enumerate()
         .map(|(i, r)| format!("#{} {}", i + 1, r.report.target.url))
         .collect();
-    let title = match runs {
-        [one] => format!("throtl run {}", one.report.run_id),
+    let title = match (runs, sweep) {
+        (_, Some(c)) => format!("throtl sweep: {} steps by {}", runs.len(), c.axis),
+        ([one], None) => format!("throtl run {}", one.report.run_id),
         _ => format!("throtl: {} runs compared", runs.len()),
     };
     let mut s = format!(
@@ -382,6 +442,9 @@ pub fn render(runs: &[RunData]) -> String {
         env!("CARGO_PKG_VERSION"),
         t = esc(&title)
     );
+    if let Some(c) = sweep {
+        s.push_str(&c.section());
+    }
     s.push_str("<h2>Summary</h2>");
     s.push_str(&summary_table(runs));
     for r in runs {

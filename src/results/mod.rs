@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod cost;
+pub mod curves;
 pub mod html;
 pub mod stats;
 pub mod text;
@@ -79,6 +80,63 @@ pub fn load(spec: &str, store: Option<&Store>) -> Result<RunData, LoadError> {
         Some(run) => Ok(run.into()),
         None => Err(LoadError::NotFound(spec.into())),
     }
+}
+
+/// What one `report`/`compare` argument named: a run, a sweep JSON file
+/// (its steps), or a history group (its runs, oldest first).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The runs.
+    pub runs: Vec<RunData>,
+    /// They are the steps of a sweep (draw sweep curves).
+    pub sweep: bool,
+}
+
+/// Loads a run id, a JSON file (run summary, export, or `sweep --json`), or
+/// a group id from the history (`runs list` shows it).
+pub fn load_many(spec: &str, store: Option<&Store>) -> Result<Loaded, LoadError> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        if let Some(steps) = sweep_file(path) {
+            return Ok(Loaded {
+                runs: steps,
+                sweep: true,
+            });
+        }
+    } else if let Some(store) = store {
+        let ids = store.group_runs(spec)?;
+        if !ids.is_empty() {
+            let runs = ids
+                .iter()
+                .map(|id| load(id, Some(store)))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Loaded {
+                runs,
+                sweep: spec.starts_with("sweep-"),
+            });
+        }
+    }
+    Ok(Loaded {
+        runs: vec![load(spec, store)?],
+        sweep: false,
+    })
+}
+
+/// The steps of a `sweep --json` file, or `None` when it is not one.
+fn sweep_file(path: &Path) -> Option<Vec<RunData>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let sweep: crate::sweep::SweepReport = serde_json::from_str(&text).ok()?;
+    (sweep.schema == crate::sweep::SWEEP_SCHEMA).then(|| {
+        sweep
+            .steps
+            .into_iter()
+            .map(|s| RunData {
+                schema: EXPORT_SCHEMA.into(),
+                report: s.run,
+                samples: Vec::new(),
+            })
+            .collect()
+    })
 }
 
 fn parse_file(text: &str) -> Result<RunData, String> {

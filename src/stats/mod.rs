@@ -70,6 +70,10 @@ pub struct Stats {
     pub slos: Vec<crate::slo::Slo>,
     /// Successful measured requests meeting every objective.
     pub good: u64,
+    /// Time inside the measured window when this run sent nothing because
+    /// other targets had their turn (`bench --interleave`); not part of
+    /// [`Stats::window`].
+    pub idle: Duration,
 }
 
 /// A request is late when it left more than this after it was due.
@@ -211,6 +215,7 @@ impl Default for Stats {
             series: TimeSeries::default(),
             slos: Vec::new(),
             good: 0,
+            idle: Duration::ZERO,
         }
     }
 }
@@ -234,10 +239,11 @@ impl Stats {
         self.errors.values().sum()
     }
 
-    /// Length of the measured window: first scheduled send to last end.
+    /// Length of the measured window: first scheduled send to last end,
+    /// less [`Stats::idle`].
     pub fn window(&self) -> Duration {
         match (self.window_start, self.window_end) {
-            (Some(s), Some(e)) => e.saturating_duration_since(s),
+            (Some(s), Some(e)) => e.saturating_duration_since(s).saturating_sub(self.idle),
             _ => Duration::ZERO,
         }
     }

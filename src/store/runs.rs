@@ -67,6 +67,8 @@ pub struct RunListing {
     pub output_tokens_per_s: f64,
     /// TTFT p50 (ms).
     pub ttft_p50_ms: f64,
+    /// Group (multi-target comparison `group-…` or sweep `sweep-…`), if any.
+    pub group: Option<String>,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -185,12 +187,23 @@ impl Store {
         target: Option<&str>,
         since_ms: Option<i64>,
     ) -> Result<Vec<RunListing>, StoreError> {
+        self.list_runs_in(target, since_ms, None)
+    }
+
+    /// Like [`Store::list_runs`], optionally only the runs of one group.
+    pub fn list_runs_in(
+        &self,
+        target: Option<&str>,
+        since_ms: Option<i64>,
+        group: Option<&str>,
+    ) -> Result<Vec<RunListing>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT id, started_ms, status, target, model, summary FROM runs
+            "SELECT id, started_ms, status, target, model, summary, grp FROM runs
              WHERE (?1 IS NULL OR instr(target, ?1) > 0) AND (?2 IS NULL OR started_ms >= ?2)
+               AND (?3 IS NULL OR grp = ?3)
              ORDER BY id DESC",
         )?;
-        let rows = st.query_map(params![target, since_ms], |r| {
+        let rows = st.query_map(params![target, since_ms, group], |r| {
             Ok((
                 RunListing {
                     id: r.get(0)?,
@@ -201,6 +214,7 @@ impl Store {
                     ok: 0,
                     output_tokens_per_s: 0.0,
                     ttft_p50_ms: 0.0,
+                    group: r.get(6)?,
                 },
                 r.get::<_, String>(5)?,
             ))
@@ -240,7 +254,7 @@ impl Store {
     pub fn group_runs(&self, group: &str) -> Result<Vec<String>, StoreError> {
         let mut st = self
             .conn
-            .prepare("SELECT id FROM runs WHERE grp = ?1 ORDER BY id")?;
+            .prepare("SELECT id FROM runs WHERE grp = ?1 ORDER BY started_ms, id")?;
         let rows = st.query_map([group], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod monitor;
+pub mod race;
 
 use std::io::{self, Stderr};
 use std::sync::Once;
