@@ -177,3 +177,34 @@ async fn an_unreachable_port_is_a_connect_error_naming_it() {
     assert_eq!(rec.error, Some(ErrorClass::Connect));
     assert!(rec.error_sample.unwrap().contains(&addr.to_string()));
 }
+
+#[tokio::test]
+async fn preconnect_opens_the_connection_the_first_request_then_uses() {
+    let (url, accepted) = server(|mut sock| async move {
+        while read_request(&mut sock).await {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+                STREAM.len()
+            );
+            sock.write_all(head.as_bytes()).await.unwrap();
+            sock.write_all(STREAM.as_bytes()).await.unwrap();
+        }
+    })
+    .await;
+    let t = transport(&url);
+    t.preconnect().await;
+    for _ in 0..100 {
+        if accepted.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 1, "no connection opened");
+    let rec = one(&t).await;
+    assert_eq!(rec.error, None, "{:?}", rec.error_sample);
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "preconnected socket unused"
+    );
+}

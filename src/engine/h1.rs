@@ -117,6 +117,13 @@ impl Http1Target {
         Ok((conn, false))
     }
 
+    /// Puts one open connection in the idle pool; errors are ignored.
+    pub(super) async fn preconnect(&self) {
+        if let Ok((conn, _)) = self.checkout().await {
+            self.checkin(conn);
+        }
+    }
+
     fn pop_idle(&self) -> Option<TcpStream> {
         self.idle
             .lock()

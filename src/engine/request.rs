@@ -87,6 +87,16 @@ impl Transport {
             h1: Http1Target::from_base(base),
         }
     }
+
+    /// Opens a keep-alive connection ahead of the first request, so that
+    /// request does not pay for TCP setup (plain `http://` targets; TLS
+    /// targets connect on first use). Failures are left to the request,
+    /// which reports them.
+    pub async fn preconnect(&self) {
+        if let Some(t) = &self.h1 {
+            t.preconnect().await;
+        }
+    }
 }
 
 pub(super) enum Step {

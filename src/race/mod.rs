@@ -253,6 +253,9 @@ impl Lane {
         barrier: Arc<Barrier>,
         mut go: watch::Receiver<Option<Instant>>,
     ) -> (usize, RunOutcome) {
+        // Every target starts with an open connection, so no one's TTFT
+        // includes a TCP handshake the others skipped (or all pay for).
+        self.transport.preconnect().await;
         barrier.wait().await;
         let start = match go.wait_for(Option::is_some).await {
             Ok(v) => v.unwrap_or_else(Instant::now),
