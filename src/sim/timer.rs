@@ -35,12 +35,26 @@ impl Ord for Entry {
     }
 }
 
-/// Deadlines are served in batches: the timer wakes this long after the
-/// earliest one and completes every sleep due by then. Each sleep ends
+/// Under load, deadlines are served in batches: with more than
+/// [`COALESCE_ABOVE`] sleeps pending, the timer wakes this long after the
+/// earliest one and completes every sleep due by then. Each sleep then ends
 /// between its deadline and `COALESCE` after it (never before), and at
 /// thousands of streams one wake-up serves several of them, as one decode
 /// step of a real batching engine emits a token for every sequence at once.
+/// With few sleeps pending a batch would hold one token: no delay is added.
 pub const COALESCE: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Pending sleeps above which deadlines are served in batches.
+pub const COALESCE_ABOVE: usize = 64;
+
+/// How long after `at` the timer should wake with `pending` sleeps queued.
+fn batch_delay(pending: usize) -> std::time::Duration {
+    if pending > COALESCE_ABOVE {
+        COALESCE
+    } else {
+        std::time::Duration::ZERO
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -84,7 +98,7 @@ impl PreciseTimer {
             let earliest = st.heap.peek().is_none_or(|Reverse(e)| at < e.at);
             st.heap.push(Reverse(Entry { at, seq, wake: tx }));
             if earliest {
-                self.shared.wake_at(at);
+                self.shared.wake_at(at + batch_delay(st.heap.len()));
             }
         }
         // A stopped timer drops the sender: the sleep then ends early, which
@@ -118,7 +132,7 @@ mod driver {
         /// armed deadline is always the heap's earliest.
         pub(super) fn wake_at(&self, at: Instant) {
             // A zero it_value would disarm the timer: wait at least 1 ns.
-            let wait = (at + super::COALESCE)
+            let wait = at
                 .saturating_duration_since(Instant::now())
                 .max(std::time::Duration::from_nanos(1));
             let spec = libc::itimerspec {
@@ -206,7 +220,7 @@ mod driver {
             let shared = &afd.get_ref().0;
             let mut st = lock(shared);
             if let Some(next) = st.fire_due(Instant::now()) {
-                shared.wake_at(next);
+                shared.wake_at(next + super::batch_delay(st.heap.len()));
             }
         }
     }
