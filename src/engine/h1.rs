@@ -25,7 +25,9 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use super::chunked::ChunkedDecoder;
 use super::record::{ErrorClass, RequestRecord};
-use super::request::{end_of_body, fail, Decoder, Step, Transport, READ_BUFFER, SAMPLE_BYTES};
+use super::request::{
+    end_of_body, fail, fail_http, Decoder, Step, Transport, READ_BUFFER, SAMPLE_BYTES,
+};
 use crate::api::Protocol;
 use tokio_util::sync::CancellationToken;
 
@@ -79,8 +81,11 @@ impl Http1Target {
         out.extend_from_slice(b"POST ");
         out.extend_from_slice(self.prefix.as_bytes());
         out.extend_from_slice(path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1");
+        if !headers.contains_key(http::header::HOST) {
+            out.extend_from_slice(b"\r\nhost: ");
+            out.extend_from_slice(self.host.as_bytes());
+        }
         if !headers.contains_key(http::header::CONTENT_TYPE) {
             out.extend_from_slice(b"\r\ncontent-type: application/json");
         }
@@ -555,13 +560,7 @@ async fn read_error_body(
             _ => break,
         }
     }
-    let text = String::from_utf8_lossy(&body);
-    fail(
-        rec,
-        ErrorClass::Http(code),
-        format!("HTTP {code}: {}", text.trim()),
-        Instant::now(),
-    );
+    fail_http(rec, code, &body);
 }
 
 #[cfg(test)]
@@ -597,6 +596,19 @@ mod tests {
             "POST /p/v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\n\
              content-type: application/json\r\ncontent-length: 2\r\nx-test: 1\r\n\r\n{}"
         );
+    }
+
+    #[test]
+    fn a_host_header_given_by_the_user_replaces_the_default() {
+        let t = Http1Target::from_base("http://127.0.0.1:8000").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("api.example"),
+        );
+        let text = String::from_utf8(t.request_bytes("/x", &h, b"")).unwrap();
+        assert_eq!(text.matches("host: ").count(), 1, "{text}");
+        assert!(text.contains("host: api.example\r\n"), "{text}");
     }
 
     #[test]

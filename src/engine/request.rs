@@ -447,7 +447,12 @@ async fn read_error_body(mut incoming: Incoming, rec: &mut RequestRecord) {
         }
     });
     let _ = read.await;
-    let text = String::from_utf8_lossy(&body);
+    fail_http(rec, code, &body);
+}
+
+/// Records an HTTP error status with a sample of its body.
+pub(super) fn fail_http(rec: &mut RequestRecord, code: u16, body: &[u8]) {
+    let text = String::from_utf8_lossy(body);
     fail(
         rec,
         ErrorClass::Http(code),
