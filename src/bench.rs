@@ -26,7 +26,7 @@ use crate::store::runs::StoredRun;
 use crate::store::Store;
 use crate::summary;
 
-/// How often the target's `/metrics` is scraped during a run.
+/// How often the target's `/metrics` is scraped during a run by default.
 const SERVER_SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// Failures that stop a bench before or after it measured.
@@ -212,7 +212,12 @@ impl Session {
         )
         .map_err(|e| BenchError::Internal(e.to_string()))?;
         let (server_tx, server_rx) = watch::channel(None);
-        let recorder = Recorder::start(&cfg.url, SERVER_SCRAPE_EVERY, origin, server_tx).ok();
+        let every = cfg.api_options.scrape_every.unwrap_or(SERVER_SCRAPE_EVERY);
+        let recorder = if every.is_zero() {
+            None
+        } else {
+            Recorder::start(&cfg.url, every, origin, server_tx).ok()
+        };
         let inputs = ProgressInputs {
             stop_at: cfg.stop,
             warmup: cfg.warmup,

@@ -232,6 +232,9 @@ pub struct BenchArgs {
     /// Azure OpenAI api-version query value.
     #[arg(long, value_name = "VERSION", help_heading = "Target")]
     pub api_version: Option<String>,
+    /// How often the target's /metrics is scraped during the run, for the server's own view in the results (0 turns it off).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Target")]
+    pub scrape_interval: Duration,
 
     /// Closed-loop workers: each sends its next request when its previous one ends (sweep: a list, e.g. 1,2,4).
     #[arg(
@@ -495,6 +498,7 @@ impl BenchArgs {
             api_options: ApiOptions {
                 headers: parse_headers(&self.headers)?,
                 api_version: self.api_version.clone(),
+                scrape_every: Some(self.scrape_interval),
             },
             workload: self
                 .shape

@@ -88,6 +88,17 @@ pub struct ApiOptions {
     pub headers: Vec<(String, String)>,
     /// Azure OpenAI `api-version`.
     pub api_version: Option<String>,
+    /// How often the target's `/metrics` is scraped during the run: `None`
+    /// every second (the default), zero never.
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub scrape_every: Option<Duration>,
+}
+
+fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 impl std::fmt::Debug for ApiOptions {
@@ -96,6 +107,7 @@ impl std::fmt::Debug for ApiOptions {
         f.debug_struct("ApiOptions")
             .field("headers", &names)
             .field("api_version", &self.api_version)
+            .field("scrape_every", &self.scrape_every)
             .finish()
     }
 }
@@ -325,6 +337,7 @@ mod tests {
         let opts = ApiOptions {
             headers: vec![("Authorization".into(), "Bearer s3cret".into())],
             api_version: None,
+            scrape_every: None,
         };
         let json = serde_json::to_string(&opts).unwrap();
         assert!(

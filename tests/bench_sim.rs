@@ -171,3 +171,28 @@ fn issue2_unreachable_url_fails_fast_naming_the_url() {
     assert!(msg.contains(&url) && msg.contains("cannot reach"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn server_metrics_are_scraped_by_default_and_not_with_a_zero_interval() {
+    let server = common::sim(5, 2);
+    let mut cfg = common::config(&server.url(), 2, 8, 4);
+    let scraped = rt()
+        .block_on(throtl::bench::run(&cfg, Controls::default()))
+        .unwrap();
+    let sm = scraped
+        .server_metrics
+        .expect("default run scrapes /metrics");
+    assert_eq!(
+        sm.totals.requests_ok,
+        Some(scraped.requests.ok as f64 + cfg.warmup as f64)
+    );
+    cfg.api_options.scrape_every = Some(Duration::ZERO);
+    let quiet = rt()
+        .block_on(throtl::bench::run(&cfg, Controls::default()))
+        .unwrap();
+    assert_eq!(quiet.requests.ok, 8);
+    assert!(
+        quiet.server_metrics.is_none(),
+        "scraped with --scrape-interval 0"
+    );
+}
