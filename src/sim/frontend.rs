@@ -325,19 +325,17 @@ async fn whole<F: StreamFormat>(
                 steps.close(true);
                 return Json(fmt.whole(&text, &o)).into_response();
             }
+            // Dropping `steps` records these as not finished.
             Step::Fail(msg) => {
-                steps.close(false);
                 return fmt.error_response(StatusCode::INTERNAL_SERVER_ERROR, &msg);
             }
             Step::Fault(ev) => {
-                steps.close(false);
                 return faults::whole_fault_response(&ev).unwrap_or_else(|| {
                     fmt.error_response(StatusCode::INTERNAL_SERVER_ERROR, "injected fault")
                 });
             }
         }
     }
-    steps.close(false);
     fmt.error_response(
         StatusCode::INTERNAL_SERVER_ERROR,
         "generation ended without a result",
