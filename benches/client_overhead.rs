@@ -76,6 +76,7 @@ fn config(url: &str, concurrency: u32, requests: u64) -> BenchConfig {
         api_options: Default::default(),
         workload: Default::default(),
         results: Default::default(),
+        client: Default::default(),
     }
 }
 

@@ -258,6 +258,8 @@ impl Session {
             ramp_up: slice.ramp_up,
             first_seq: slice.first_seq,
             turns: cfg.workload.turns,
+            retry: cfg.client.retry,
+            cold_connections: cfg.client.cold_connections,
         });
         let outcome = engine::run(self.transport.clone(), plan, self.tx.clone(), controls).await;
         self.slices.push(outcome);

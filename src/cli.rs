@@ -10,7 +10,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::api::ApiKind;
-use crate::config::{normalize_base_url, parse_header, ApiOptions, BenchConfig, ProgressMode};
+use crate::config::{
+    normalize_base_url, parse_header, ApiOptions, BenchConfig, ClientOptions, ProgressMode,
+    EXIT_TOO_MANY_ERRORS,
+};
+use crate::engine::retry::{RetryOn, RetryPolicy};
 use crate::engine::workload::TokenLengths;
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
@@ -293,6 +297,26 @@ pub struct BenchArgs {
     /// After Ctrl-C, how long in-flight requests may finish.
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Client")]
     pub grace: Duration,
+    /// Send a failed request again up to N times (off by default: latencies are those of first attempts).
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Client")]
+    pub retries: u32,
+    /// Failures that are retried: a list of 429, 5xx, connect, truncated, timeout.
+    #[arg(long, default_value = "429,5xx,connect", value_parser = parse_retry_on, value_name = "LIST", help_heading = "Client")]
+    pub retry_on: RetryOn,
+    /// Longest wait before a retry, the server's Retry-After included (backoff: 0.5 s doubling, full jitter).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION", help_heading = "Client")]
+    pub retry_max_wait: Duration,
+    /// Do not open connections before the load, and warm up only --warmup requests: measures TCP setup on purpose.
+    #[arg(long, help_heading = "Client")]
+    pub cold_connections: bool,
+    /// Exit with status 4 (after writing every output) when more than this fraction of measured requests failed.
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        value_name = "FRACTION",
+        help_heading = "Client"
+    )]
+    pub max_error_rate: f64,
 
     /// Load shapes, data and SLOs.
     #[command(flatten)]
@@ -417,6 +441,10 @@ fn parse_output_tokens(s: &str) -> Result<TokenLengths, String> {
     TokenLengths::parse("--output-tokens", s)
 }
 
+fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
+    s.parse()
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
@@ -504,6 +532,16 @@ impl BenchArgs {
                 .shape
                 .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
             results: self.results.to_options()?,
+            client: ClientOptions {
+                retry: RetryPolicy {
+                    retries: self.retries,
+                    on: self.retry_on,
+                    max_wait: self.retry_max_wait,
+                    ..RetryPolicy::default()
+                },
+                cold_connections: self.cold_connections,
+                max_error_rate: self.max_error_rate,
+            },
         };
         Ok(self.shape.apply_to(cfg))
     }
@@ -675,13 +713,24 @@ pub(crate) fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<Exi
     if let (Some(p), false) = (&cfg.json_out, cfg.progress == ProgressMode::Quiet) {
         eprintln!("JSON summary written to {}", p.display());
     }
-    Ok(exit_code(report))
+    Ok(exit_code(report, cfg))
 }
 
-fn exit_code(report: &RunReport) -> ExitCode {
+/// The exit status of a finished run (docs/results.md): 130 interrupted,
+/// [`EXIT_TOO_MANY_ERRORS`] when the error rate exceeded `--max-error-rate`,
+/// else 0.
+pub(crate) fn exit_code(report: &RunReport, cfg: &BenchConfig) -> ExitCode {
     match report.status {
         RunStatus::Interrupted => ExitCode::from(130),
-        RunStatus::Completed => ExitCode::SUCCESS,
+        _ if report.error_rate() > cfg.client.max_error_rate => {
+            eprintln!(
+                "error: {:.1} % of measured requests failed, more than --max-error-rate {} allows",
+                report.error_rate() * 100.0,
+                cfg.client.max_error_rate
+            );
+            ExitCode::from(EXIT_TOO_MANY_ERRORS)
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

@@ -76,6 +76,33 @@ pub struct BenchConfig {
     pub workload: WorkloadOptions,
     /// Run history, report files and cost (see docs/results.md).
     pub results: ResultOptions,
+    /// Connections, retries and the error rate a run may have.
+    pub client: ClientOptions,
+}
+
+/// How the client treats connections and failures (issue 12).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClientOptions {
+    /// Retries of failed requests (none by default).
+    pub retry: crate::engine::retry::RetryPolicy,
+    /// Do not open connections ahead of the load (`--cold-connections`).
+    pub cold_connections: bool,
+    /// A run whose measured error rate exceeds this exits with
+    /// [`EXIT_TOO_MANY_ERRORS`] after writing everything.
+    pub max_error_rate: f64,
+}
+
+/// Exit status of a run whose error rate exceeded `--max-error-rate`.
+pub const EXIT_TOO_MANY_ERRORS: u8 = 4;
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            retry: Default::default(),
+            cold_connections: false,
+            max_error_rate: 0.5,
+        }
+    }
 }
 
 /// Extra request headers (`-H`) and protocol options (`--api-version`).
@@ -266,6 +293,12 @@ fn ser_stop<S: serde::Serializer>(stop: &StopCondition, s: S) -> Result<S::Ok, S
 impl BenchConfig {
     /// Checks cross-field rules that flag parsing cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = self.client.max_error_rate;
+        if !(0.0..=1.0).contains(&r) {
+            return Err(ConfigError(format!(
+                "--max-error-rate '{r}' must be a fraction between 0 and 1, e.g. 0.05"
+            )));
+        }
         if self.concurrency == 0 {
             return Err(ConfigError("--concurrency must be at least 1".into()));
         }

@@ -52,6 +52,7 @@ pub async fn run(
         api_options: Default::default(),
         workload: Default::default(),
         results: Default::default(),
+        client: Default::default(),
     };
     let report = crate::run_bench_with_interrupt(&cfg).await?;
     drop(server);

@@ -6,12 +6,12 @@ use crate::engine::dataset::DatasetSpec;
 use crate::engine::EngineOutcome;
 use crate::engine::LoadShape;
 use crate::report::{
-    ClientChecks, Environment, Latencies, LoadInfo, RequestCounts, RunReport, RunStatus,
-    TargetInfo, Throughput, TokenTotals, RUN_SCHEMA,
+    ClientChecks, ConnectionReport, Environment, Latencies, LoadInfo, RequestCounts, RetryReport,
+    RunReport, RunStatus, TargetInfo, Throughput, TokenTotals, RUN_SCHEMA,
 };
 use crate::report::{ScheduleReport, WorkloadReport};
 use crate::slo::SloReport;
-use crate::stats::{ArrivalCounts, Stats, LATE_AFTER};
+use crate::stats::{ArrivalCounts, AttemptCounts, Stats, LATE_AFTER};
 
 /// Builds the report of a finished (or interrupted) run.
 pub fn build(
@@ -59,6 +59,8 @@ pub fn build(
             cancelled: s.cancelled,
             errors: s.errors.clone(),
             error_samples: s.error_samples.clone(),
+            warmup_errors: s.warmup_errors.clone(),
+            retries: retry_report(&s.attempts),
         },
         throughput: Throughput {
             requests_per_s: per_s(s.ok),
@@ -82,6 +84,7 @@ pub fn build(
             send_lag_ms: s.send_lag.distribution(1000.0),
             messages_parsed: s.messages,
             cpu_s,
+            connections: connection_report(&s.attempts),
         },
         server: s.server.report(),
         environment: environment(),
@@ -96,6 +99,37 @@ pub fn build(
     };
     report.warnings = warnings(&report);
     report
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+fn retry_report(a: &AttemptCounts) -> RetryReport {
+    RetryReport {
+        attempts: a.attempts,
+        attempts_per_request: if a.requests == 0 {
+            1.0
+        } else {
+            ratio(a.attempts, a.requests)
+        },
+        retried: a.retried,
+        retry_rate: ratio(a.retried, a.requests),
+        retried_errors: a.retried_errors.clone(),
+    }
+}
+
+fn connection_report(a: &AttemptCounts) -> Option<ConnectionReport> {
+    (a.connection_known > 0).then(|| ConnectionReport {
+        requests: a.connection_known,
+        new_connections: a.new_connections,
+        new_connection_share: ratio(a.new_connections, a.connection_known),
+        connect_ms: a.connect_time.distribution(1000.0),
+    })
 }
 
 /// Adds the schedule, workload, SLO and time-series parts (issue 4) and
@@ -280,10 +314,43 @@ fn warnings(r: &RunReport) -> Vec<String> {
             r.client.send_lag_ms.p99
         ));
     }
+    let warm_failed: u64 = r.requests.warmup_errors.values().sum();
+    if warm_failed > 0 {
+        w.push(format!(
+            "{warm_failed} warmup request(s) failed ({}); they are not in the error counts above. Use --warmup 0 to count every request",
+            class_list(&r.requests.warmup_errors)
+        ));
+    }
+    if let Some(c) = r
+        .client
+        .connections
+        .as_ref()
+        .filter(|c| c.new_connection_share > 0.01)
+    {
+        w.push(format!(
+            "{:.1}% of measured requests opened a new TCP connection (connect p50 {:.2} ms): their latencies include the handshake. The server may be closing keep-alive connections; --cold-connections measures this on purpose",
+            c.new_connection_share * 100.0,
+            c.connect_ms.p50
+        ));
+    }
+    if r.requests.retries.retried > 0 {
+        w.push(format!(
+            "{} request(s) were retried ({:.1}%; retried failures: {}); their latencies count from the first attempt's due time",
+            r.requests.retries.retried,
+            r.requests.retries.retry_rate * 100.0,
+            class_list(&r.requests.retries.retried_errors)
+        ));
+    }
     if r.tokens.source != "usage" && r.requests.ok > 0 {
         w.push("the server did not report usage for every request: output tokens were counted as content chunks, which can differ from tokens".into());
     }
     w
+}
+
+/// `http_429 ×3, connect ×1`.
+fn class_list(m: &std::collections::BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+    parts.join(", ")
 }
 
 /// `YYYYmmddTHHMMSSZ-xxxx`: sorts by start time, unique enough per host.

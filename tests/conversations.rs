@@ -61,6 +61,8 @@ async fn run_turns_shaped(
         ramp_up: Duration::ZERO,
         turns,
         first_seq: 0,
+        retry: Default::default(),
+        cold_connections: false,
     });
     let (tx, rx) = mpsc::channel();
     throtl::engine::run(transport, plan, tx, Controls::default()).await;

@@ -44,6 +44,7 @@ fn config(url: String, api: ApiKind, model: &str) -> BenchConfig {
         api_options: ApiOptions::default(),
         workload: Default::default(),
         results: Default::default(),
+        client: Default::default(),
     }
 }
 

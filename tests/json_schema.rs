@@ -18,7 +18,8 @@ fn issue2_json_summary_matches_schema_and_records_are_complete() {
     let server = common::sim(5, 1);
     let dir = common::tmpdir();
     let mut cfg = common::config(&server.url(), 3, 12, 6);
-    cfg.warmup = 2;
+    // At least one warmup request per user (issue 12): 3 users, 3 warmups.
+    cfg.warmup = 3;
     cfg.json_out = Some(dir.path().join("run.json"));
     cfg.records_out = Some(dir.path().join("records.jsonl"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -71,8 +72,8 @@ fn issue2_json_summary_matches_schema_and_records_are_complete() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 14, "12 measured + 2 warmup");
-    assert_eq!(lines.iter().filter(|l| l["warmup"] == true).count(), 2);
+    assert_eq!(lines.len(), 15, "12 measured + 3 warmup");
+    assert_eq!(lines.iter().filter(|l| l["warmup"] == true).count(), 3);
     for l in &lines {
         assert_eq!(l["token_ms"].as_array().unwrap().len(), 6);
         assert!(l["first_token_ms"].as_f64().unwrap() >= l["sent_ms"].as_f64().unwrap() + 5.0);

@@ -48,6 +48,7 @@ fn bench_config(url: String) -> BenchConfig {
         api_options: Default::default(),
         workload: Default::default(),
         results: Default::default(),
+        client: Default::default(),
     }
 }
 

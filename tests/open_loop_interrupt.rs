@@ -62,6 +62,8 @@ async fn issue4_interrupt_while_waiting_for_a_slot_accounts_every_due_arrival() 
         ramp_up: Duration::ZERO,
         turns: 1,
         first_seq: 0,
+        retry: Default::default(),
+        cold_connections: false,
     });
     let controls = Controls::default();
     let stopper = interrupt_after(&controls, Duration::from_millis(300));

@@ -34,6 +34,7 @@ fn bench_cfg(url: String, concurrency: u32, requests: u64, input: u32, output: u
         api_options: Default::default(),
         workload: Default::default(),
         results: Default::default(),
+        client: Default::default(),
     }
 }
 

@@ -63,6 +63,7 @@ fn base(url: String, json: Option<std::path::PathBuf>) -> BenchConfig {
         api_key_env: None,
         api_options: Default::default(),
         results: Default::default(),
+        client: Default::default(),
         workload: WorkloadOptions {
             slos: vec![Slo::parse("ttft=65ms").unwrap()],
             slo_percentile: 90.0,

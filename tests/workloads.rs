@@ -40,6 +40,7 @@ fn base(url: String) -> BenchConfig {
         api_key_env: None,
         api_options: Default::default(),
         results: Default::default(),
+        client: Default::default(),
         workload: WorkloadOptions::default(),
     }
 }

@@ -32,7 +32,7 @@ pub async fn run_closed_loop(
         LoadShape::Closed { think } => think,
         LoadShape::Open { .. } => None,
     };
-    let d = Dispatch::new(transport, Arc::clone(&plan), sink, controls.hard.clone());
+    let d = Dispatch::new(transport, Arc::clone(&plan), sink, &controls);
     let mut users = tokio::task::JoinSet::new();
     let n = plan.concurrency.max(1);
     for i in 0..n {
@@ -59,7 +59,9 @@ async fn user(
         return;
     }
     let mut conv: Option<Conversation> = None;
-    while let Some((seq, warmup)) = issuer.next(due) {
+    let mut first = true;
+    while let Some((seq, warmup)) = issuer.next_for_user(due, first) {
+        first = false;
         let alive = if d.plan.turns > 1 {
             d.run_turn(seq, warmup, due, &mut conv).await
         } else {

@@ -28,6 +28,7 @@ use super::record::{ErrorClass, RequestRecord};
 use super::request::{
     end_of_body, fail, fail_http, Decoder, Step, Transport, READ_BUFFER, SAMPLE_BYTES,
 };
+use super::retry::parse_retry_after;
 use crate::api::Protocol;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,8 @@ const DRAIN_WAIT: Duration = Duration::from_millis(100);
 const ERROR_BODY_WAIT: Duration = Duration::from_secs(2);
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections opened at once when warming the pool.
+const WARM_BATCH: usize = 64;
 
 /// A plain-HTTP target and its idle keep-alive connections.
 #[derive(Debug)]
@@ -113,19 +116,49 @@ impl Http1Target {
                 return Ok((conn, true));
             }
         }
+        Ok((self.connect().await?, false))
+    }
+
+    /// A new connection, Nagle off.
+    async fn connect(&self) -> std::io::Result<TcpStream> {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         conn.set_nodelay(true)?;
-        Ok((conn, false))
+        Ok(conn)
     }
 
     /// Puts one open connection in the idle pool; errors are ignored.
     pub(super) async fn preconnect(&self) {
         if let Ok((conn, _)) = self.checkout().await {
             self.checkin(conn);
+        }
+    }
+
+    /// Opens connections until `n` are idle, [`WARM_BATCH`] at a time so a
+    /// thousand users do not send a thousand SYNs in one burst. Failures
+    /// are left to the requests, which report them.
+    pub(super) async fn fill_idle(&self, n: usize) {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let mut missing = n.saturating_sub(idle);
+        while missing > 0 {
+            let batch = missing.min(WARM_BATCH);
+            let opened = futures_util::future::join_all((0..batch).map(|_| self.connect())).await;
+            let mut ok = 0;
+            for conn in opened.into_iter().flatten() {
+                self.checkin(conn);
+                ok += 1;
+            }
+            if ok == 0 {
+                return;
+            }
+            missing -= batch;
         }
     }
 
@@ -174,6 +207,8 @@ struct Head {
     len: usize,
     framing: BodyFraming,
     keep_alive: bool,
+    /// The `Retry-After` value, when the server sent one.
+    retry_after: Option<String>,
 }
 
 /// How the end of the body is found.
@@ -243,8 +278,16 @@ async fn exchange(
     let mut buf = vec![0u8; READ_BUFFER];
     let mut retried = false;
     loop {
+        let asked = Instant::now();
         let (mut conn, reused) = match g.run(target.checkout()).await? {
-            Ok(c) => c,
+            Ok(c) if c.1 => {
+                rec.connect = Some(Duration::ZERO);
+                c
+            }
+            Ok(c) => {
+                rec.connect = Some(asked.elapsed());
+                c
+            }
             Err(e) => {
                 let msg = format!("cannot connect to {}: {e}", target.authority);
                 fail(rec, ErrorClass::Connect, msg, Instant::now());
@@ -278,6 +321,10 @@ async fn exchange(
         rec.headers = Some(at);
         rec.status = Some(head.status);
         if !(200..300).contains(&head.status) {
+            rec.retry_after = head
+                .retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
             read_error_body(&mut conn, &mut buf, head, filled, rec).await;
             return Ok(());
         }
@@ -358,6 +405,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, String> {
     let mut keep_alive = resp.version == Some(1);
     let mut chunked = false;
     let mut length = None;
+    let mut retry_after = None;
     for h in resp.headers.iter() {
         let value = String::from_utf8_lossy(h.value);
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -369,6 +417,8 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, String> {
                     .parse::<u64>()
                     .map_err(|_| format!("invalid content-length '{value}'"))?,
             );
+        } else if h.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = Some(value.into_owned());
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = value.to_ascii_lowercase();
             if v.contains("close") {
@@ -393,6 +443,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, String> {
         len,
         framing,
         keep_alive,
+        retry_after,
     }))
 }
 

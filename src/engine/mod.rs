@@ -13,6 +13,7 @@ mod h1;
 mod open_loop;
 pub mod record;
 pub mod request;
+pub mod retry;
 pub mod tokenizer;
 pub mod workload;
 
@@ -28,6 +29,7 @@ use crate::api::{ChatMessage, GenRequest};
 use arrival::ArrivalConfig;
 use record::RequestRecord;
 use request::{execute, Transport};
+use retry::RetryPolicy;
 use workload::Workload;
 
 pub use closed_loop::run_closed_loop;
@@ -99,6 +101,27 @@ pub struct LoadPlan {
     /// Chat turns per conversation (1: independent requests). Closed loop
     /// only: each user runs its conversation's turns one after another.
     pub turns: u32,
+    /// How failed requests are retried (`--retries`; none by default).
+    pub retry: RetryPolicy,
+    /// Measure connection setup on purpose (`--cold-connections`): no
+    /// connections are opened ahead of the load and warmup is not extended
+    /// to every user.
+    pub cold_connections: bool,
+}
+
+impl LoadPlan {
+    /// Connections the load needs at once: one per closed-loop user, or one
+    /// per `--max-concurrency` slot in open loop (`concurrency` without a cap).
+    pub fn connections_needed(&self) -> u32 {
+        match self.shape {
+            LoadShape::Open {
+                max_concurrency: Some(cap),
+                ..
+            } => cap,
+            _ => self.concurrency,
+        }
+        .max(1)
+    }
 }
 
 /// Signals that end a run early: `soft` stops issuing; `hard` cancels in-flight requests.
@@ -155,6 +178,21 @@ impl Issuer {
         self.admit(due)
     }
 
+    /// Like [`Issuer::next`] for a closed-loop user; `first` marks the
+    /// user's first request. With a warmup, every user's first request is
+    /// warmup (so every connection and user has completed one before it is
+    /// measured), unless `--cold-connections` asks to measure that on purpose.
+    fn next_for_user(&self, due: Instant, first: bool) -> Option<(u64, bool)> {
+        let warm_user = first && self.plan.warmup > 0 && !self.plan.cold_connections;
+        if !warm_user {
+            return self.next(due);
+        }
+        if self.soft.is_cancelled() {
+            return None;
+        }
+        Some((self.next.fetch_add(1, Ordering::Relaxed), true))
+    }
+
     /// Like [`Issuer::next`] but also after a soft stop: numbers an arrival
     /// that was due before the stop, so it can be accounted as not sent.
     fn admit(&self, due: Instant) -> Option<(u64, bool)> {
@@ -206,6 +244,7 @@ struct Dispatch {
     plan: Arc<LoadPlan>,
     sink: Sender<RequestRecord>,
     hard: CancellationToken,
+    soft: CancellationToken,
     in_flight: Arc<InFlight>,
     conversations: Arc<AtomicU64>,
 }
@@ -215,13 +254,14 @@ impl Dispatch {
         transport: Arc<Transport>,
         plan: Arc<LoadPlan>,
         sink: Sender<RequestRecord>,
-        hard: CancellationToken,
+        controls: &Controls,
     ) -> Self {
         Self {
             transport,
             plan,
             sink,
-            hard,
+            hard: controls.hard.clone(),
+            soft: controls.soft.clone(),
             in_flight: Arc::new(InFlight::default()),
             conversations: Arc::new(AtomicU64::new(0)),
         }
@@ -236,11 +276,31 @@ impl Dispatch {
         }
     }
 
-    /// Sends `req`, measuring it into `rec`.
+    /// Sends `req`, measuring it into `rec`, and sends it again while the
+    /// retry policy allows. The request stays in flight (and keeps its
+    /// `--max-concurrency` slot) during backoff; a stop during backoff keeps
+    /// the last attempt's error as the final one.
     async fn measure(&self, req: &GenRequest, rec: &mut RequestRecord) {
         self.in_flight.enter();
         execute(&self.transport, req, rec, &self.hard).await;
+        // Send lag and busy time are those of the first attempt.
+        let first_sent = rec.sent;
+        while self.plan.retry.should_retry(rec) && self.back_off(rec).await {
+            rec.reset_for_retry();
+            execute(&self.transport, req, rec, &self.hard).await;
+        }
+        rec.sent = first_sent;
         self.in_flight.leave();
+    }
+
+    /// Waits before the next attempt of `rec`; false when the run stopped.
+    async fn back_off(&self, rec: &RequestRecord) -> bool {
+        let wait = self.plan.retry.wait(rec, self.plan.workload.seed());
+        tokio::select! {
+            () = tokio::time::sleep(wait) => !self.soft.is_cancelled(),
+            () = self.soft.cancelled() => false,
+            () = self.hard.cancelled() => false,
+        }
     }
 
     /// Sends request `seq` (due at `scheduled`), measures it and emits its
@@ -329,6 +389,9 @@ pub async fn run(
     sink: Sender<RequestRecord>,
     controls: Controls,
 ) -> EngineOutcome {
+    if !plan.cold_connections {
+        transport.warm_connections(plan.connections_needed()).await;
+    }
     match plan.shape {
         LoadShape::Closed { .. } => run_closed_loop(transport, plan, sink, controls).await,
         LoadShape::Open { .. } => run_open_loop(transport, plan, sink, controls).await,

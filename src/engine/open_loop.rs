@@ -30,7 +30,7 @@ pub async fn run_open_loop(
     controls: Controls,
 ) -> EngineOutcome {
     let started = Instant::now();
-    let d = Dispatch::new(transport, Arc::clone(&plan), sink, controls.hard.clone());
+    let d = Dispatch::new(transport, Arc::clone(&plan), sink, &controls);
     let LoadShape::Open {
         arrivals,
         max_concurrency,

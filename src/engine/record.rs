@@ -99,6 +99,16 @@ pub struct RequestRecord {
     /// interrupted (Ctrl-C) while it waited for a concurrency slot. Its
     /// error class is [`ErrorClass::Cancelled`].
     pub not_sent: bool,
+    /// Time spent opening a TCP connection for this request's final attempt:
+    /// zero on a reused keep-alive connection, `None` when the transport
+    /// cannot tell (the general client used for `https://`).
+    pub connect: Option<Duration>,
+    /// Attempts made (1 without retries; see `--retries`).
+    pub attempts: u32,
+    /// Error classes of the attempts before the final one, in order.
+    pub retried_errors: Vec<ErrorClass>,
+    /// The server's `Retry-After`, when an error response carried one.
+    pub retry_after: Option<Duration>,
 }
 
 impl RequestRecord {
@@ -124,6 +134,32 @@ impl RequestRecord {
             turn: None,
             answer: None,
             not_sent: false,
+            connect: None,
+            attempts: 1,
+            retried_errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// Clears what one attempt measured, keeping the request's identity, its
+    /// due time (latency of a retried request counts from its first due
+    /// time) and the errors of earlier attempts, before the next attempt.
+    pub fn reset_for_retry(&mut self) {
+        if let Some(e) = self.error.take() {
+            self.retried_errors.push(e);
+        }
+        self.attempts += 1;
+        self.headers = None;
+        self.token_times.clear();
+        self.status = None;
+        self.error_sample = None;
+        self.usage = Usage::default();
+        self.messages = 0;
+        self.server = None;
+        self.connect = None;
+        self.retry_after = None;
+        if let Some(a) = self.answer.as_mut() {
+            a.clear();
         }
     }
 

@@ -97,6 +97,14 @@ impl Transport {
             t.preconnect().await;
         }
     }
+
+    /// Opens connections ahead of the load until `n` are idle (plain
+    /// `http://` targets), so no measured request pays for TCP setup.
+    pub async fn warm_connections(&self, n: u32) {
+        if let Some(t) = &self.h1 {
+            t.fill_idle(n as usize).await;
+        }
+    }
 }
 
 pub(super) enum Step {
@@ -323,6 +331,11 @@ pub async fn execute_with(
     rec.headers = Some(Instant::now());
     rec.status = Some(resp.status().as_u16());
     if !resp.status().is_success() {
+        rec.retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
         read_error_body(resp.into_body(), rec).await;
         return;
     }

@@ -32,6 +32,19 @@ pub fn render(r: &RunReport) -> String {
             .map_or("", String::as_str);
         let _ = writeln!(s, "    {class:<12} {n:>6}  {sample}");
     }
+    for (class, n) in &r.requests.warmup_errors {
+        let _ = writeln!(s, "    {class:<12} {n:>6}  (warmup, not counted above)");
+    }
+    let retries = &r.requests.retries;
+    if retries.retried > 0 {
+        let _ = writeln!(
+            s,
+            "  retries     {} requests retried ({:.1}%), {:.2} attempts per request",
+            retries.retried,
+            retries.retry_rate * 100.0,
+            retries.attempts_per_request
+        );
+    }
     let _ = writeln!(
         s,
         "  throughput  {:.2} req/s, {:.1} output tok/s, {:.1} total tok/s",

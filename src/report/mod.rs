@@ -84,6 +84,18 @@ pub struct RunReport {
     pub cost: Option<crate::results::cost::Cost>,
 }
 
+impl RunReport {
+    /// Failed measured requests / (ok + failed); 0 when none finished.
+    pub fn error_rate(&self) -> f64 {
+        let r = &self.requests;
+        if r.total == 0 {
+            0.0
+        } else {
+            r.failed as f64 / r.total as f64
+        }
+    }
+}
+
 /// The schedule of a run: offered vs. achieved rates and how every measured
 /// arrival left (never dropped: on time, late, or held by the cap).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,6 +200,40 @@ pub struct RequestCounts {
     pub errors: BTreeMap<String, u64>,
     /// One sample message per failure class.
     pub error_samples: BTreeMap<String, String>,
+    /// Warmup requests that failed, by class (not part of `errors`).
+    #[serde(default)]
+    pub warmup_errors: BTreeMap<String, u64>,
+    /// Attempts and retries (`--retries`).
+    #[serde(default)]
+    pub retries: RetryReport,
+}
+
+/// How often measured requests were sent again (`--retries`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RetryReport {
+    /// Attempts over all sent measured requests.
+    pub attempts: u64,
+    /// attempts / sent measured requests (1 without retries).
+    pub attempts_per_request: f64,
+    /// Measured requests sent more than once.
+    pub retried: u64,
+    /// retried / sent measured requests.
+    pub retry_rate: f64,
+    /// Error classes of the attempts that were retried (final outcomes are in `errors`).
+    pub retried_errors: BTreeMap<String, u64>,
+}
+
+/// Whether measured requests paid for opening a TCP connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionReport {
+    /// Measured requests whose transport tells new from reused connections.
+    pub requests: u64,
+    /// Of those, requests that opened a new connection.
+    pub new_connections: u64,
+    /// new_connections / requests.
+    pub new_connection_share: f64,
+    /// Connect time of the requests that opened one (ms).
+    pub connect_ms: Distribution,
 }
 
 /// Rates over the measured window.
@@ -236,6 +282,10 @@ pub struct ClientChecks {
     pub messages_parsed: u64,
     /// Client process CPU time during the run (s), where the OS reports it.
     pub cpu_s: Option<f64>,
+    /// New vs. reused connections of measured requests (absent when the
+    /// transport cannot tell: `https://` targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionReport>,
 }
 
 /// Where the run happened.

@@ -53,6 +53,15 @@ pub struct RecordLine {
     /// it waited for a `--max-concurrency` slot.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub not_sent: bool,
+    /// TCP connect time of the final attempt (0 on a reused connection;
+    /// absent when the transport cannot tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    /// Attempts made (1 unless retried).
+    pub attempts: u32,
+    /// Error classes of the attempts before the final one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retried_errors: Vec<String>,
 }
 
 fn ms(t: Instant, origin: Instant) -> f64 {
@@ -84,6 +93,9 @@ impl RecordLine {
             conversation: r.conversation,
             turn: r.turn,
             not_sent: r.not_sent,
+            connect_ms: r.connect.map(|d| d.as_secs_f64() * 1e3),
+            attempts: r.attempts,
+            retried_errors: r.retried_errors.iter().map(|e| e.key()).collect(),
         }
     }
 }

@@ -74,6 +74,66 @@ pub struct Stats {
     /// other targets had their turn (`bench --interleave`); not part of
     /// [`Stats::window`].
     pub idle: Duration,
+    /// Failed warmup requests by class: reported on their own line, so
+    /// fault counts reconcile with what the server injected.
+    pub warmup_errors: BTreeMap<String, u64>,
+    /// Attempts, retries and new connections of measured requests.
+    pub attempts: AttemptCounts,
+}
+
+/// How measured requests were sent: attempts (`--retries`) and whether a
+/// connection had to be opened for them. Cancelled requests are included.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptCounts {
+    /// Measured requests that were sent.
+    pub requests: u64,
+    /// Attempts over those requests (≥ requests).
+    pub attempts: u64,
+    /// Requests sent more than once.
+    pub retried: u64,
+    /// Error classes of the attempts that were retried.
+    pub retried_errors: BTreeMap<String, u64>,
+    /// Requests whose final attempt opened a new TCP connection.
+    pub new_connections: u64,
+    /// Requests whose transport tells new from reused connections.
+    pub connection_known: u64,
+    /// Connect time of the requests that opened one (µs).
+    pub connect_time: LatencyHistogram,
+}
+
+impl AttemptCounts {
+    fn ingest(&mut self, r: &RequestRecord) {
+        if r.not_sent {
+            return;
+        }
+        self.requests += 1;
+        self.attempts += u64::from(r.attempts);
+        if r.attempts > 1 {
+            self.retried += 1;
+        }
+        for e in &r.retried_errors {
+            *self.retried_errors.entry(e.key()).or_default() += 1;
+        }
+        if let Some(c) = r.connect {
+            self.connection_known += 1;
+            if !c.is_zero() {
+                self.new_connections += 1;
+                self.connect_time.record(c);
+            }
+        }
+    }
+
+    fn merge(&mut self, o: &AttemptCounts) {
+        self.requests += o.requests;
+        self.attempts += o.attempts;
+        self.retried += o.retried;
+        for (k, v) in &o.retried_errors {
+            *self.retried_errors.entry(k.clone()).or_default() += v;
+        }
+        self.new_connections += o.new_connections;
+        self.connection_known += o.connection_known;
+        self.connect_time.merge(&o.connect_time);
+    }
 }
 
 /// A request is late when it left more than this after it was due.
@@ -216,6 +276,8 @@ impl Default for Stats {
             slos: Vec::new(),
             good: 0,
             idle: Duration::ZERO,
+            warmup_errors: BTreeMap::new(),
+            attempts: AttemptCounts::default(),
         }
     }
 }
@@ -253,9 +315,13 @@ impl Stats {
         self.series.ingest(r);
         if !r.warmup {
             self.arrivals.ingest(r);
+            self.attempts.ingest(r);
         }
         if r.warmup {
             self.warmup += 1;
+            if let Some(e) = r.error.filter(|e| *e != ErrorClass::Cancelled) {
+                *self.warmup_errors.entry(e.key()).or_default() += 1;
+            }
             return;
         }
         if r.error == Some(ErrorClass::Cancelled) {
@@ -362,6 +428,10 @@ impl Stats {
         self.arrivals.merge(&o.arrivals);
         self.input_check.merge(&o.input_check);
         self.series.merge(&o.series);
+        self.attempts.merge(&o.attempts);
+        for (k, v) in &o.warmup_errors {
+            *self.warmup_errors.entry(k.clone()).or_default() += v;
+        }
         self.window_start = min_opt(self.window_start, o.window_start);
         self.window_end = max_opt(self.window_end, o.window_end);
     }

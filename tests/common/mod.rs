@@ -41,6 +41,7 @@ pub fn config(url: &str, concurrency: u32, requests: u64, output_tokens: u32) ->
         api_options: Default::default(),
         workload: Default::default(),
         results: Default::default(),
+        client: Default::default(),
     }
 }
 
