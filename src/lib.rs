@@ -29,6 +29,7 @@ pub mod stream;
 pub mod summary;
 pub mod sweep;
 pub mod sys;
+pub mod timer;
 pub mod tui;
 
 use std::time::Duration;

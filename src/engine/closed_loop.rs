@@ -55,7 +55,7 @@ async fn user(
 ) {
     // In a closed loop a request is due the moment its user is ready.
     let mut due = start_at;
-    if !sleep_until(due, &issuer).await {
+    if !sleep_until(&d, due, &issuer).await {
         return;
     }
     let mut conv: Option<Conversation> = None;
@@ -71,19 +71,19 @@ async fn user(
             return;
         }
         due = Instant::now() + think.map_or(Duration::ZERO, |t| draw_think(t, &mut rng));
-        if !sleep_until(due, &issuer).await {
+        if !sleep_until(&d, due, &issuer).await {
             return;
         }
     }
 }
 
 /// Waits until `at`; false when the run was stopped meanwhile.
-async fn sleep_until(at: Instant, issuer: &Issuer) -> bool {
+async fn sleep_until(d: &Dispatch, at: Instant, issuer: &Issuer) -> bool {
     if at <= Instant::now() {
         return true;
     }
     tokio::select! {
-        () = tokio::time::sleep_until(at.into()) => true,
+        () = d.sleep_until(at) => true,
         () = issuer.soft.cancelled() => false,
     }
 }

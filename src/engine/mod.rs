@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ChatMessage, GenRequest};
+use crate::timer::PreciseTimer;
 use arrival::ArrivalConfig;
 use record::RequestRecord;
 use request::{execute, Transport};
@@ -247,6 +248,9 @@ struct Dispatch {
     soft: CancellationToken,
     in_flight: Arc<InFlight>,
     conversations: Arc<AtomicU64>,
+    /// Sub-millisecond sleeps for arrivals, think times and ramps; `None`
+    /// falls back to Tokio's millisecond timer.
+    timer: Option<PreciseTimer>,
 }
 
 impl Dispatch {
@@ -264,6 +268,16 @@ impl Dispatch {
             soft: controls.soft.clone(),
             in_flight: Arc::new(InFlight::default()),
             conversations: Arc::new(AtomicU64::new(0)),
+            timer: PreciseTimer::start().ok(),
+        }
+    }
+
+    /// Sleeps until `at` (never wakes early), to within tens of
+    /// microseconds where the precise timer runs.
+    async fn sleep_until(&self, at: Instant) {
+        match &self.timer {
+            Some(t) => t.sleep_until(at).await,
+            None => tokio::time::sleep_until(at.into()).await,
         }
     }
 

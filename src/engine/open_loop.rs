@@ -51,7 +51,7 @@ pub async fn run_open_loop(
     let mut cap_blocked_until: Option<Instant> = None;
     let unsent = loop {
         let due = started + schedule.next_offset();
-        if !wait_until(due, &controls.soft).await {
+        if !wait_until(&d, due, &controls.soft).await {
             break Some(Unsent::Due(due));
         }
         let Some((seq, warmup)) = issuer.next(due) else {
@@ -119,10 +119,10 @@ fn account_unsent(
 }
 
 /// Sleeps until `due` unless it has passed; false when the run was stopped.
-async fn wait_until(due: Instant, soft: &CancellationToken) -> bool {
+async fn wait_until(d: &Dispatch, due: Instant, soft: &CancellationToken) -> bool {
     if due > Instant::now() {
         tokio::select! {
-            () = tokio::time::sleep_until(due.into()) => {}
+            () = d.sleep_until(due) => {}
             () = soft.cancelled() => return false,
         }
     }

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 
 use super::metrics::{FaultKind, SimMetrics};
 use super::model::{Admission, EngineModel, GenEvent, Generation, Rejection};
-use super::timer::PreciseTimer;
+use crate::timer::PreciseTimer;
 
 /// `--stall D@P`: with probability P a request pauses for D mid-stream.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -25,7 +25,6 @@ pub mod model;
 mod ollama;
 mod openai;
 mod tgi;
-pub mod timer;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -36,11 +35,11 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::oneshot;
 
+use crate::timer::PreciseTimer;
 use engine::{BatchEngine, EngineConfig};
 use faults::{FaultConfig, FaultyModel};
 use metrics::SimMetrics;
 use model::{EngineModel, FixedDelay};
-use timer::PreciseTimer;
 
 /// Which real engine or hosted API the simulator imitates: routes, stream
 /// format, identification endpoints and `/metrics` names.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::timer::PreciseTimer;
+use crate::timer::PreciseTimer;
 
 /// A generation request as the engine model sees it.
 #[derive(Debug, Clone, Copy)]

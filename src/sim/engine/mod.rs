@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::{GpuInfo, SimMetrics};
 use super::model::{Admission, EngineModel, GenEvent, Generation, Rejection};
-use super::timer::PreciseTimer;
+use crate::timer::PreciseTimer;
 use profile::Profile;
 use scheduler::{NewRequest, SchedConfig, SchedulerCore, Step};
 

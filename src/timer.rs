@@ -1,7 +1,8 @@
-//! A sub-millisecond timer for the simulator.
+//! A sub-millisecond timer, for the simulator's token deadlines and the load
+//! engine's arrival schedule.
 //!
 //! Tokio's timer wheel has 1 ms granularity and rounds deadlines up, which
-//! would add up to 1 ms to every simulated TTFT. This timer keeps deadlines in
+//! would add up to 1 ms to every simulated TTFT and to every scheduled send. This timer keeps deadlines in
 //! one heap and wakes sleeping tasks through oneshot channels at the exact
 //! deadline (see [`driver`] for how the deadline wakes the process).
 
@@ -74,10 +75,37 @@ impl State {
     }
 }
 
-/// Handle to the timer; cloning shares it.
+/// Handle to the timer; cloning shares it. The timer stops when the last
+/// handle is dropped.
 #[derive(Clone)]
 pub struct PreciseTimer {
     shared: Arc<Shared>,
+    _alive: Arc<Alive>,
+}
+
+/// Dropped with the last [`PreciseTimer`] handle: wakes the driver so it
+/// sees that nobody can sleep on it any more and stops.
+struct Alive(Arc<Shared>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let _st = lock(&self.0);
+        self.0.wake_at(Instant::now());
+    }
+}
+
+impl PreciseTimer {
+    fn from_shared(shared: Arc<Shared>) -> (Self, std::sync::Weak<Alive>) {
+        let alive = Arc::new(Alive(Arc::clone(&shared)));
+        let weak = Arc::downgrade(&alive);
+        (
+            Self {
+                shared,
+                _alive: alive,
+            },
+            weak,
+        )
+    }
 }
 
 fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
@@ -120,7 +148,7 @@ mod driver {
 
     use tokio::io::unix::AsyncFd;
 
-    use super::{lock, PreciseTimer, State};
+    use super::{lock, Alive, PreciseTimer, State};
 
     pub(super) struct Shared {
         pub(super) state: Mutex<State>,
@@ -193,14 +221,19 @@ mod driver {
                     )
                 }?
             };
-            handle.spawn(drive(afd));
-            Ok(Self { shared })
+            let (timer, alive) = PreciseTimer::from_shared(shared);
+            handle.spawn(drive(afd, alive));
+            Ok(timer)
         }
     }
 
-    /// Completes sleeps as the timerfd expires; ends with the runtime.
-    async fn drive(afd: AsyncFd<Fd>) {
+    /// Completes sleeps as the timerfd expires; ends with the runtime or
+    /// when the last handle is gone (which closes the timerfd).
+    async fn drive(afd: AsyncFd<Fd>, alive: std::sync::Weak<Alive>) {
         loop {
+            if alive.strong_count() == 0 {
+                return;
+            }
             let Ok(mut ready) = afd.readable().await else {
                 return;
             };
@@ -254,10 +287,11 @@ mod driver {
                 cond: Condvar::new(),
             });
             let worker = Arc::downgrade(&shared);
+            let (timer, _) = PreciseTimer::from_shared(shared);
             std::thread::Builder::new()
-                .name("throtl-sim-timer".into())
+                .name("throtl-timer".into())
                 .spawn(move || run(&worker))?;
-            Ok(Self { shared })
+            Ok(timer)
         }
     }
 
@@ -303,5 +337,26 @@ mod tests {
         );
         assert!(ra >= a && rb >= b);
         assert!(rb < ra);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn issue12_a_dropped_timer_stops_and_closes_its_descriptor() {
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // Warm up whatever the runtime opens lazily.
+        drop(PreciseTimer::start().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = open_fds();
+        for _ in 0..20 {
+            let t = PreciseTimer::start().unwrap();
+            t.sleep_until(Instant::now() + Duration::from_micros(200))
+                .await;
+            let copy = t.clone();
+            drop(t);
+            drop(copy);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Other tests in this process may open descriptors meanwhile: allow a few.
+        assert!(open_fds() < before + 5, "{} vs {before}", open_fds());
     }
 }
