@@ -187,6 +187,7 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         source,
     })?;
     listener.set_nonblocking(true)?;
+    widen_backlog(&listener);
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads.max(1))
@@ -239,6 +240,27 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         thread: Some(thread),
     })
 }
+
+/// Pending connections the listener queues. The standard library listens
+/// with a backlog of 128: a thousand clients connecting at once would see
+/// SYNs dropped and retried a second later, which real servers (uvicorn,
+/// 2048) do not do. Listening again on a listening socket only changes its
+/// backlog (Linux and the BSDs); the kernel caps it at `somaxconn`.
+fn widen_backlog(listener: &std::net::TcpListener) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a socket this function borrows.
+        unsafe {
+            libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = listener;
+}
+
+/// Backlog asked for by [`widen_backlog`].
+const LISTEN_BACKLOG: i32 = 4096;
 
 async fn serve(listener: std::net::TcpListener, state: Arc<SimState>, stop: oneshot::Receiver<()>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
