@@ -119,6 +119,60 @@ fn fidelity_at(concurrency: u32, requests: u64, ramp_up: Duration) {
     );
 }
 
+/// CPU time (user + system) of this process's waited-for children.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The whole `throtl bench` process with default flags (start-up,
+/// tokenizer-free word prompts, default runtime threads) against a truth
+/// mock, streams de-phased by `--ramp-up`: what a user's run costs.
+fn process_cost(concurrency: u32, requests: u64, ramp_up: &str, extra: &[&str]) {
+    let m = mock("100ms", "20ms", "2");
+    let dir = std::env::temp_dir().join(format!("throtl-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("run.json");
+    let before = children_cpu();
+    let status = Command::new(env!("CARGO_BIN_EXE_throtl"))
+        .args([
+            "bench",
+            "--url",
+            &m.url,
+            "-m",
+            "throtl-sim",
+            "--no-store",
+            "-q",
+        ])
+        .args(["-c", &concurrency.to_string(), "-n", &requests.to_string()])
+        .args([
+            "--ramp-up",
+            ramp_up,
+            "--output-tokens",
+            "64",
+            "--input-tokens",
+            "128",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .args(extra)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cpu = (children_cpu() - before).as_secs_f64();
+    let r: RunReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let sent = (r.requests.ok + r.requests.failed + r.load.warmup_requests) as f64;
+    println!(
+        "process c={concurrency:<5} ramp_up={ramp_up} {} requests={sent} cpu={cpu:.2}s cpu/1000req={:.3}s ttft_p50={:.3}ms ttft_p99={:.3}ms send_lag_p99={:.3}ms",
+        extra.join(" "), cpu / sent * 1000.0, r.latency_ms.ttft.p50, r.latency_ms.ttft.p99, r.client.send_lag_ms.p99
+    );
+}
+
 /// Cost of the per-request instrumentation: 66 clock reads (send, headers,
 /// 64 tokens) plus folding the record into the histograms.
 fn timing_overhead() {
@@ -167,6 +221,9 @@ fn main() {
             "truth-1000",
             "truth-256-ramp",
             "truth-1000-ramp",
+            "process-256-ramp",
+            "process-256-ramp-1thread",
+            "process-1000-ramp",
         ]
     };
     for s in scenarios {
@@ -188,6 +245,9 @@ fn run_scenario(name: &str) {
         "truth-1000" => fidelity_at(1000, 3_000, Duration::ZERO),
         "truth-256-ramp" => fidelity_at(256, 1_024, Duration::from_secs(1)),
         "truth-1000-ramp" => fidelity_at(1000, 3_000, Duration::from_secs(2)),
+        "process-256-ramp" => process_cost(256, 1_024, "2s", &[]),
+        "process-256-ramp-1thread" => process_cost(256, 1_024, "2s", &["--threads", "1"]),
+        "process-1000-ramp" => process_cost(1000, 3_000, "2s", &[]),
         other => panic!("unknown scenario {other}"),
     }
 }

@@ -236,7 +236,13 @@ pub struct InitArgs {
 /// Runs `throtl sweep`.
 pub fn run_sweep(args: &SweepArgs) -> Result<ExitCode> {
     let axis = args.axis()?;
-    let rt = crate::cli::runtime_for(args.bench.threads)?;
+    let rate_sweep = !args.rates.is_empty() && args.bench.shape.max_concurrency.is_none();
+    let threads = if rate_sweep && args.bench.threads.is_none() {
+        None // uncapped open loop: in flight unknown, one thread per CPU
+    } else {
+        crate::cli::client_threads(&args.bench, 1)
+    };
+    let rt = crate::cli::runtime_for(threads)?;
     rt.block_on(async {
         let (api, model) = crate::cli::resolve_target(&args.bench).await?;
         let mut cfg = args.bench.to_config_unchecked(model, api)?;

@@ -554,7 +554,8 @@ pub fn run_multi(args: &super::BenchArgs) -> Result<ExitCode> {
         (create(&args.results.markdown)?, Format::Markdown),
         (create(&args.results.csv)?, Format::Csv),
     ];
-    let rt = super::runtime(args.threads)?;
+    let count = u32::try_from(args.targets.len()).unwrap_or(u32::MAX);
+    let rt = super::runtime(super::client_threads(args, count))?;
     let group = format!("group-{}", unix_ms());
     let runs = rt.block_on(async {
         let mut cfgs = Vec::new();
