@@ -682,6 +682,8 @@ fn exit_code(report: &RunReport) -> ExitCode {
     match report.status {
         RunStatus::Interrupted => ExitCode::from(130),
         RunStatus::Completed => ExitCode::SUCCESS,
+        // A finished bench never reports these; fail rather than pass if one does.
+        RunStatus::Running | RunStatus::Lost => ExitCode::FAILURE,
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Tables: `samples` (one row per server, time and derived metric) and
 //! `alerts` (firing / resolved events). Later schema versions add tables
-//! (bench `runs`, `requests`) by appending to [`MIGRATIONS`].
+//! (bench `runs`, `requests`) by appending to [`MIGRATIONS`]; [`live`] holds
+//! what a bench writes while it runs.
 
+pub mod live;
 pub mod runs;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +42,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX alerts_by_time ON alerts(ts_ms);",
     // v3: bench runs, their HDR histograms and compact per-request samples.
     runs::MIGRATION_V3,
+    // v4: runs persisted while they run: pid/host of the writer, appended samples.
+    live::MIGRATION_V4,
 ];
 
 /// Errors of the history store.
@@ -147,7 +151,9 @@ pub struct SampleQuery {
 }
 
 impl Store {
-    /// Opens (creating it and its directory if needed) and migrates.
+    /// Opens (creating it and its directory if needed), migrates, and marks
+    /// `lost` the runs whose process died while running (see
+    /// [`Store::mark_lost_runs`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
@@ -163,7 +169,9 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         enable_wal(&conn);
         migrate(&mut conn, path)?;
-        Ok(Self { conn })
+        let mut store = Self { conn };
+        store.mark_lost_runs()?;
+        Ok(store)
     }
 
     /// The schema version in the file.
