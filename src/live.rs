@@ -181,12 +181,26 @@ fn write_checkpoints(
     rx: Receiver<Checkpoint>,
     mut outlet: Outlet,
 ) -> Outlet {
-    for checkpoint in rx {
+    while let Ok(first) = rx.recv() {
+        let checkpoint = with_queued(first, &rx);
         if let Err(e) = persist(identity, &checkpoint, &outlet) {
             outlet.error.get_or_insert(e);
         }
     }
     outlet
+}
+
+/// Folds the checkpoints that queued while the last write waited (a busy
+/// database, a slow disk) into one: every sample, the newest statistics. So
+/// a slow writer catches up in one write instead of falling further behind.
+fn with_queued(mut c: Checkpoint, rx: &Receiver<Checkpoint>) -> Checkpoint {
+    for next in rx.try_iter() {
+        c.samples.extend(next.samples);
+        if next.stats.is_some() {
+            c.stats = next.stats;
+        }
+    }
+    c
 }
 
 fn persist(identity: &RunIdentity, c: &Checkpoint, outlet: &Outlet) -> Result<(), String> {
@@ -209,4 +223,46 @@ fn persist(identity: &RunIdentity, c: &Checkpoint, outlet: &Outlet) -> Result<()
             .map_err(|e| format!("cannot rewrite '{}': {e}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::samples::RequestSample;
+
+    fn sample(seq: u64) -> RequestSample {
+        RequestSample {
+            seq,
+            start_ms: 0.0,
+            end_ms: 1.0,
+            ttft_ms: None,
+            tpot_ms: None,
+            output_tokens: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn queued_checkpoints_fold_into_every_sample_and_the_newest_stats() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let newest = Stats {
+            ok: 3,
+            ..Stats::default()
+        };
+        for (seq, stats) in [(2, Some(Box::new(newest))), (3, None)] {
+            tx.send(Checkpoint {
+                samples: vec![sample(seq)],
+                stats,
+            })
+            .unwrap();
+        }
+        let first = Checkpoint {
+            samples: vec![sample(1)],
+            stats: Some(Box::default()),
+        };
+        let c = with_queued(first, &rx);
+        let seqs: Vec<u64> = c.samples.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(c.stats.map(|s| s.ok), Some(3));
+    }
 }

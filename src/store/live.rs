@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::runs::{decode_samples, encode_samples};
 use super::{Store, StoreError};
@@ -102,13 +102,24 @@ impl Store {
         Ok(dead.len())
     }
 
+    /// Marks one run lost. IMMEDIATE, so the row is read under the write
+    /// lock: a deferred transaction would fail with `SQLITE_BUSY` (no busy
+    /// wait) when another process marked it between our read and our write.
+    /// Finding it no longer `running` means that other process did the job.
     fn mark_lost(&mut self, id: &str) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let summary: String = tx.query_row(
-            "SELECT summary FROM runs WHERE id = ?1 AND status = 'running'",
-            [id],
-            |r| r.get(0),
-        )?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let summary: Option<String> = tx
+            .query_row(
+                "SELECT summary FROM runs WHERE id = ?1 AND status = 'running'",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(summary) = summary else {
+            return Ok(());
+        };
         let checkpoint: RunReport =
             serde_json::from_str(&summary).map_err(|e| corrupt("summary", e))?;
         let samples = appended_samples(&tx, id)?;
