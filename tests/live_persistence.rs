@@ -74,6 +74,18 @@ fn issue12_kill_9_five_seconds_in_leaves_four_seconds_of_records() {
         .spawn()
         .unwrap();
     let mut bench = Reaped(bench);
+    // The first partial report is written just before load starts: from
+    // then on the run is "running", and the kill comes 5 s into it.
+    let started = std::time::Instant::now();
+    while serde_json::from_slice::<serde_json::Value>(&std::fs::read(&json).unwrap_or_default())
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(Duration::from_secs(5));
     bench.0.kill().unwrap(); // SIGKILL: no chance to write anything more
     bench.0.wait().unwrap();
@@ -102,6 +114,7 @@ fn issue12_kill_9_five_seconds_in_leaves_four_seconds_of_records() {
         .map(|l| serde_json::from_slice(l).unwrap())
         .collect();
     let stored_until = max_of(samples.iter().map(|s| s["end_ms"].as_f64().unwrap()));
+    eprintln!("killed 5 s in: samples end at {stored_until} ms");
     assert!(stored_until >= 4000.0, "samples end at {stored_until} ms");
     assert_eq!(summary["requests"]["total"], samples.len() as u64);
     assert!(summary["latency_ms"]["ttft"]["p50"].as_f64().unwrap() >= 20.0);
@@ -112,6 +125,7 @@ fn issue12_kill_9_five_seconds_in_leaves_four_seconds_of_records() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         v["end_ms"].as_f64().unwrap()
     }));
+    eprintln!("killed 5 s in: --records ends at {recorded_until} ms");
     assert!(
         recorded_until >= 4000.0,
         "--records ends at {recorded_until} ms"

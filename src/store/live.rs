@@ -163,7 +163,7 @@ pub fn process_is_gone(pid: i64) -> bool {
 
 /// The summary of a lost run: its last checkpoint, with the request counts,
 /// throughput and TTFT / TPOT / e2e percentiles recomputed from every
-/// persisted sample (which run up to a second before the process died,
+/// persisted sample (which run up to half a second before the process died,
 /// where the checkpoint is up to a few seconds old), and a warning saying
 /// which numbers are the checkpoint's.
 pub fn lost_report(mut r: RunReport, samples: &[RequestSample]) -> RunReport {
