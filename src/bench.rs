@@ -16,6 +16,7 @@ use crate::engine::request::{error_chain, Transport};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::workload::{self, SyntheticSpec, TokenLengths, Workload};
 use crate::engine::{self, Controls, LoadPlan, LoadShape, StopCondition};
+use crate::live::{JsonOut, LiveRun, Outlet, RunIdentity};
 use crate::progress::{Progress, ProgressInputs};
 use crate::report::RunReport;
 use crate::results::{Format, RunData};
@@ -61,7 +62,7 @@ pub enum BenchError {
 
 /// Output files, created before any load so a bad path fails at once.
 pub struct Outputs {
-    json: Option<(PathBuf, File)>,
+    json: Option<JsonOut>,
     records: Option<(PathBuf, File)>,
     store: Option<Store>,
     html: Option<(PathBuf, File)>,
@@ -82,7 +83,12 @@ impl Outputs {
     /// Creates (truncates) every requested output file.
     pub fn open(cfg: &BenchConfig) -> Result<Self, BenchError> {
         Ok(Self {
-            json: cfg.json_out.as_deref().map(create).transpose()?,
+            json: cfg
+                .json_out
+                .as_deref()
+                .map(create)
+                .transpose()?
+                .map(|(path, file)| JsonOut::new(path, file)),
             records: cfg.records_out.as_deref().map(create).transpose()?,
             store: cfg.results.db.as_deref().map(Store::open).transpose()?,
             html: cfg.results.html_out.as_deref().map(create).transpose()?,
@@ -176,6 +182,8 @@ pub struct Session {
     started_wall: time::OffsetDateTime,
     cpu_before: Option<Duration>,
     slices: Vec<engine::EngineOutcome>,
+    run_id: String,
+    live: LiveRun,
 }
 
 impl Session {
@@ -202,13 +210,29 @@ impl Session {
             slos: cfg.workload.slos.clone(),
             ..Default::default()
         };
-        let aggregator = Aggregator::start_with(
+        let run_id = summary::run_id(started_wall);
+        let identity = RunIdentity {
+            cfg: cfg.clone(),
+            run_id: run_id.clone(),
+            started_wall,
+            origin,
+            cpu_before,
+            distinct_prompts: workload.len(),
+        };
+        let outlet = Outlet {
+            store: outputs.store.take(),
+            json: outputs.json.take(),
+            error: None,
+        };
+        let persisting = outlet.store.is_some() || outlet.json.is_some();
+        let live = LiveRun::start(identity, &initial, outlet)?;
+        let aggregator = Aggregator::start_persisting(
             rx,
             cfg.input_tokens,
             records_out,
             snap_tx,
-            initial,
-            collect.then_some(origin),
+            (initial, collect.then_some(origin)),
+            persisting.then(|| live.checkpoints()),
         )
         .map_err(|e| BenchError::Internal(e.to_string()))?;
         let (server_tx, server_rx) = watch::channel(None);
@@ -241,6 +265,8 @@ impl Session {
             started_wall,
             cpu_before,
             slices: Vec::new(),
+            run_id,
+            live,
         })
     }
 
@@ -304,6 +330,8 @@ impl Session {
             progress,
             started_wall,
             cpu_before,
+            run_id,
+            live,
             ..
         } = self;
         drop(tx);
@@ -315,6 +343,10 @@ impl Session {
                     source,
                 })?;
         stats.idle = idle;
+        // The aggregator has ended, so the writer has every checkpoint: wait
+        // for it before the final write, which must not be overwritten.
+        let outlet = live.finish()?;
+        outputs.store = outlet.store;
         progress.finish();
         let server_metrics = recorder.and_then(Recorder::finish);
         let cpu = match (cpu_before, crate::sys::cpu_time()) {
@@ -325,8 +357,14 @@ impl Session {
         summary::add_workload(&mut report, &cfg, &stats, workload.len());
         report.server_metrics = server_metrics;
         report.cost = cfg.results.cost.price(&report);
-        if let Some((path, file)) = outputs.json.take() {
-            write_json(&report, file).map_err(|source| BenchError::Output { path, source })?;
+        report.run_id = run_id;
+        if let Some(e) = outlet.error {
+            report.warnings.push(format!(
+                "saving results during the run failed ({e}); the final results below are complete"
+            ));
+        }
+        if let Some(json) = outlet.json {
+            json.write_final(&report)?;
         }
         let run = StoredRun {
             histograms: stats.histograms(),

@@ -752,6 +752,8 @@ pub(crate) fn finish_report(report: &RunReport, cfg: &BenchConfig) -> Result<Exi
 pub(crate) fn exit_code(report: &RunReport, cfg: &BenchConfig) -> ExitCode {
     match report.status {
         RunStatus::Interrupted => ExitCode::from(130),
+        // A finished bench never reports these; fail rather than pass if one does.
+        RunStatus::Running | RunStatus::Lost => ExitCode::FAILURE,
         _ if report.error_rate() > cfg.client.max_error_rate => {
             eprintln!(
                 "error: {:.1} % of measured requests failed, more than --max-error-rate {} allows",
@@ -760,7 +762,7 @@ pub(crate) fn exit_code(report: &RunReport, cfg: &BenchConfig) -> ExitCode {
             );
             ExitCode::from(EXIT_TOO_MANY_ERRORS)
         }
-        _ => ExitCode::SUCCESS,
+        RunStatus::Completed => ExitCode::SUCCESS,
     }
 }
 

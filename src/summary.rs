@@ -354,7 +354,9 @@ fn class_list(m: &std::collections::BTreeMap<String, u64>) -> String {
 }
 
 /// `YYYYmmddTHHMMSSZ-xxxx`: sorts by start time, unique enough per host.
-fn run_id(t: time::OffsetDateTime) -> String {
+/// A new run id for a run started at `t`: `YYYYmmddTHHMMSSZ-xxxx` (random
+/// suffix), sortable by start.
+pub fn run_id(t: time::OffsetDateTime) -> String {
     let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
     let stamp = t.format(&fmt).unwrap_or_else(|_| "run".into());
     let suffix: u16 = rand::random();

@@ -11,6 +11,8 @@ pub fn render(r: &RunReport) -> String {
     let status = match r.status {
         RunStatus::Completed => "completed",
         RunStatus::Interrupted => "INTERRUPTED (partial results)",
+        RunStatus::Running => "RUNNING (partial results so far)",
+        RunStatus::Lost => "LOST (the process died; rebuilt from the records it had stored)",
     };
     let _ = writeln!(s, "throtl run {} — {status}", r.run_id);
     let _ = writeln!(

@@ -13,7 +13,7 @@ use crate::stats::Distribution;
 /// Identifier of the JSON summary format.
 pub const RUN_SCHEMA: &str = "throtl.run.v1";
 
-/// How a run ended.
+/// How a run ended, or that it has not (yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -21,6 +21,12 @@ pub enum RunStatus {
     Completed,
     /// Ctrl-C ended the run; the numbers cover what was measured.
     Interrupted,
+    /// Still measuring: a partial report rewritten during the run (`--json`,
+    /// the history row), covering what has finished so far.
+    Running,
+    /// The process died while running (killed, out of memory, power cut);
+    /// rebuilt from the records it had persisted.
+    Lost,
 }
 
 /// The summary of one bench run (`--json`). Field names are stable.

@@ -2,7 +2,7 @@
 //! writes the per-request JSONL file, and publishes snapshots for presentation.
 
 use std::io::Write;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -144,6 +144,83 @@ pub struct Aggregator {
     thread: JoinHandle<std::io::Result<(Stats, Vec<RequestSample>)>>,
 }
 
+/// How often finished requests reach `--records` (flushed) and a
+/// [`Checkpoint`]: a run killed without warning loses about this much. Half
+/// the "at most a second apart", so a kill 5 s into a run surely
+/// leaves 4 s; each tick costs one write and one small transaction, off the
+/// measuring path.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
+
+/// How often a [`Checkpoint`] also carries the statistics so far, for the
+/// partial report: a copy of them costs more than a batch of samples.
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// What the aggregator hands to a persistence writer while the run goes on
+/// (on a channel, so the writer's disk waits never hold up the aggregator).
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Samples of the requests finished since the previous checkpoint.
+    pub samples: Vec<RequestSample>,
+    /// The statistics so far, every [`REPORT_EVERY`].
+    pub stats: Option<Box<Stats>>,
+}
+
+/// The aggregator's side of live persistence: flushes `--records` and hands
+/// out checkpoints at most [`PERSIST_EVERY`] apart.
+struct Persister {
+    checkpoints: Option<Sender<Checkpoint>>,
+    handed_over: usize,
+    last_flush: Instant,
+    last_report: Instant,
+}
+
+impl Persister {
+    fn new(checkpoints: Option<Sender<Checkpoint>>) -> Self {
+        Self {
+            checkpoints,
+            handed_over: 0,
+            last_flush: Instant::now(),
+            last_report: Instant::now(),
+        }
+    }
+
+    fn tick(
+        &mut self,
+        stats: &Stats,
+        samples: &[RequestSample],
+        records: Option<&mut RecordsOut>,
+    ) -> std::io::Result<()> {
+        if self.last_flush.elapsed() < PERSIST_EVERY {
+            return Ok(());
+        }
+        self.last_flush = Instant::now();
+        if let Some(out) = records {
+            out.writer.flush()?;
+        }
+        let Some(tx) = &self.checkpoints else {
+            return Ok(());
+        };
+        let with_stats = self.last_report.elapsed() >= REPORT_EVERY;
+        if with_stats {
+            self.last_report = Instant::now();
+        }
+        let fresh = samples.get(self.handed_over..).unwrap_or_default();
+        if fresh.is_empty() && !with_stats {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            samples: fresh.to_vec(),
+            stats: with_stats.then(|| Box::new(stats.clone())),
+        };
+        self.handed_over = samples.len();
+        if tx.send(checkpoint).is_err() {
+            // The writer is gone (it failed); the run goes on, kept in memory.
+            self.checkpoints = None;
+        }
+        Ok(())
+    }
+}
+
 /// Where per-request lines go, with the run's time origin.
 pub struct RecordsOut {
     /// Destination (already created, so a bad path failed before the run).
@@ -176,10 +253,31 @@ impl Aggregator {
     pub fn start_with(
         rx: Receiver<RequestRecord>,
         requested_input_tokens: u32,
-        mut records: Option<RecordsOut>,
+        records: Option<RecordsOut>,
         snapshots: watch::Sender<Arc<Snapshot>>,
         initial: Stats,
         samples_origin: Option<Instant>,
+    ) -> std::io::Result<Self> {
+        Self::start_persisting(
+            rx,
+            requested_input_tokens,
+            records,
+            snapshots,
+            (initial, samples_origin),
+            None,
+        )
+    }
+
+    /// Like [`Aggregator::start_with`] (`initial` is its statistics and
+    /// samples origin), also sending [`Checkpoint`]s to `checkpoints`, and
+    /// flushing `records`, at most [`PERSIST_EVERY`] apart.
+    pub fn start_persisting(
+        rx: Receiver<RequestRecord>,
+        requested_input_tokens: u32,
+        mut records: Option<RecordsOut>,
+        snapshots: watch::Sender<Arc<Snapshot>>,
+        (initial, samples_origin): (Stats, Option<Instant>),
+        checkpoints: Option<Sender<Checkpoint>>,
     ) -> std::io::Result<Self> {
         let thread = std::thread::Builder::new()
             .name("throtl-aggregator".into())
@@ -188,6 +286,7 @@ impl Aggregator {
                 let mut samples = Vec::new();
                 let mut rolling = Rolling::new();
                 let mut last = Instant::now();
+                let mut persister = Persister::new(checkpoints);
                 loop {
                     match rx.recv_timeout(SNAPSHOT_EVERY) {
                         Ok(r) => {
@@ -208,6 +307,7 @@ impl Aggregator {
                         rolling.rotate();
                         let _ = snapshots.send(Arc::new(Snapshot::of(&stats, &rolling)));
                     }
+                    persister.tick(&stats, &samples, records.as_mut())?;
                 }
                 if let Some(out) = records.as_mut() {
                     out.writer.flush()?;
@@ -232,8 +332,11 @@ impl Aggregator {
     }
 }
 
+/// Hands the buffer one whole line per write, so the buffer (flushed when
+/// full or every [`PERSIST_EVERY`]) only ever holds whole lines and a run
+/// killed at any moment leaves no half line in the file.
 fn write_record(out: &mut RecordsOut, r: &RequestRecord) -> std::io::Result<()> {
-    let line = RecordLine::from_record(r, out.origin);
-    serde_json::to_writer(&mut out.writer, &line)?;
-    out.writer.write_all(b"\n")
+    let mut line = serde_json::to_vec(&RecordLine::from_record(r, out.origin))?;
+    line.push(b'\n');
+    out.writer.write_all(&line)
 }

@@ -3,13 +3,16 @@
 //!
 //! Tables: `samples` (one row per server, time and derived metric) and
 //! `alerts` (firing / resolved events). Later schema versions add tables
-//! (bench `runs`, `requests`) by appending to [`MIGRATIONS`].
+//! (bench `runs`, `requests`) by appending to [`MIGRATIONS`]; [`live`] holds
+//! what a bench writes while it runs.
 
+pub mod live;
 pub mod runs;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 use serde::Serialize;
 
 /// Schema migrations; migration `i` brings `user_version` from `i` to `i + 1`.
@@ -39,6 +42,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX alerts_by_time ON alerts(ts_ms);",
     // v3: bench runs, their HDR histograms and compact per-request samples.
     runs::MIGRATION_V3,
+    // v4: runs persisted while they run: pid/host of the writer, appended samples.
+    live::MIGRATION_V4,
 ];
 
 /// Errors of the history store.
@@ -146,7 +151,9 @@ pub struct SampleQuery {
 }
 
 impl Store {
-    /// Opens (creating it and its directory if needed) and migrates.
+    /// Opens (creating it and its directory if needed), migrates, and marks
+    /// `lost` the runs whose process died while running (see
+    /// [`Store::mark_lost_runs`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
@@ -159,11 +166,12 @@ impl Store {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        let _ = conn.pragma_update(None, "journal_mode", "WAL");
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        enable_wal(&conn);
         migrate(&mut conn, path)?;
-        Ok(Self { conn })
+        let mut store = Self { conn };
+        store.mark_lost_runs()?;
+        Ok(store)
     }
 
     /// The schema version in the file.
@@ -252,15 +260,59 @@ impl Store {
     }
 }
 
+/// How long a connection waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Switches the file to WAL so readers never block the writer. Another
+/// process switching (or migrating) at the same moment makes SQLite answer
+/// `SQLITE_BUSY` at once, without calling the busy handler, so retry for up
+/// to the busy timeout. Failing in the end is harmless: WAL is a property of
+/// the file, so whoever switched it first already made it WAL, and a file
+/// left in rollback mode still works, with less concurrency.
+fn enable_wal(conn: &Connection) {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let mode = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0));
+        match mode {
+            Ok(_) => return,
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Brings the schema to the newest version. The version is read again
+/// inside an IMMEDIATE transaction, which takes the write lock at `BEGIN`:
+/// two processes opening a fresh file at once then migrate one after the
+/// other (the second waits on the busy timeout and finds nothing left to do)
+/// instead of both applying version 1.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let open_err = |source| StoreError::Open {
         path: path.to_owned(),
         source,
     };
-    let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(open_err)?;
     let known = MIGRATIONS.len() as i64;
+    // Fast path without the write lock: an up-to-date file needs nothing.
+    if user_version(conn).map_err(open_err)? == known {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    let current = user_version(&tx).map_err(open_err)?;
     if current > known {
         return Err(StoreError::TooNew {
             path: path.to_owned(),
@@ -268,14 +320,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-        let tx = conn.transaction().map_err(open_err)?;
+    for sql in MIGRATIONS.iter().skip(current.max(0) as usize) {
         tx.execute_batch(sql).map_err(open_err)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(open_err)?;
-        tx.commit().map_err(open_err)?;
     }
-    Ok(())
+    tx.pragma_update(None, "user_version", known)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub struct RunListing {
     pub id: String,
     /// Start (unix ms).
     pub started_ms: i64,
-    /// `completed` or `interrupted`.
+    /// `completed`, `interrupted`, `running` or `lost`.
     pub status: String,
     /// Target URL.
     pub target: String,
@@ -97,7 +97,8 @@ pub fn decode_samples(blob: &[u8]) -> Result<Vec<RequestSample>, StoreError> {
         .collect()
 }
 
-fn parse_started_ms(report: &RunReport) -> i64 {
+/// The run's start as unix ms (0 when `started_at` is unreadable).
+pub(super) fn started_ms(report: &RunReport) -> i64 {
     time::OffsetDateTime::parse(
         &report.started_at,
         &time::format_description::well_known::Rfc3339,
@@ -107,7 +108,8 @@ fn parse_started_ms(report: &RunReport) -> i64 {
 }
 
 impl Store {
-    /// Stores a finished run in one transaction.
+    /// Stores a finished run in one transaction, replacing the `running`
+    /// row (and its appended samples) that [`Store::begin_run`] wrote for it.
     pub fn insert_run(&mut self, run: &StoredRun) -> Result<(), StoreError> {
         let r = &run.report;
         let status = serde_json::to_value(r.status).map_err(|e| corrupt("status", e))?;
@@ -116,10 +118,17 @@ impl Store {
         let summary = serde_json::to_string(r).map_err(|e| corrupt("summary", e))?;
         let requests = encode_samples(&run.samples)?;
         let tx = self.conn.transaction()?;
+        for table in ["run_requests", "run_histograms"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE run_id = ?1"),
+                [&r.run_id],
+            )?;
+        }
+        tx.execute("DELETE FROM runs WHERE id = ?1", [&r.run_id])?;
         tx.execute(
             "INSERT INTO runs (id, started_ms, status, target, model, tool_version, environment, config, summary, requests, grp)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![r.run_id, parse_started_ms(r), status.as_str().unwrap_or("completed"), r.target.url, r.target.model,
+            params![r.run_id, started_ms(r), status.as_str().unwrap_or("completed"), r.target.url, r.target.model,
                 r.tool_version, env, config, summary, requests, run.group],
         )?;
         for (name, h) in &run.histograms {
@@ -156,7 +165,9 @@ impl Store {
             return Ok(None);
         };
         let report = serde_json::from_str(&summary).map_err(|e| corrupt("summary", e))?;
-        let samples = decode_samples(&requests)?;
+        let mut samples = decode_samples(&requests)?;
+        // A running or lost run keeps its samples in batches, not in the blob.
+        samples.extend(self.appended_samples(id)?);
         let mut st = self
             .conn
             .prepare("SELECT name, data FROM run_histograms WHERE run_id = ?1 ORDER BY name")?;
@@ -236,15 +247,19 @@ impl Store {
     pub fn delete_run(&self, id: &str) -> Result<bool, StoreError> {
         self.conn
             .execute("DELETE FROM run_histograms WHERE run_id = ?1", [id])?;
+        self.conn
+            .execute("DELETE FROM run_requests WHERE run_id = ?1", [id])?;
         Ok(self.conn.execute("DELETE FROM runs WHERE id = ?1", [id])? > 0)
     }
 
     /// Deletes runs started before `before_ms`; returns how many.
     pub fn prune_runs(&self, before_ms: i64) -> Result<usize, StoreError> {
-        self.conn.execute(
-            "DELETE FROM run_histograms WHERE run_id IN (SELECT id FROM runs WHERE started_ms < ?1)",
-            [before_ms],
-        )?;
+        for table in ["run_histograms", "run_requests"] {
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE run_id IN (SELECT id FROM runs WHERE started_ms < ?1)"),
+                [before_ms],
+            )?;
+        }
         Ok(self
             .conn
             .execute("DELETE FROM runs WHERE started_ms < ?1", [before_ms])?)
@@ -280,7 +295,7 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 3);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(store.samples(&Default::default()).unwrap().len(), 1);
         assert!(store.list_runs(None, None).unwrap().is_empty());
     }
