@@ -38,6 +38,11 @@ concurrency: 8                    # workers; in `throtl sweep` a list: [1, 2, 4,
 requests: 200                     # measured requests (or: duration: 2m)
 warmup: 8                         # excluded from statistics
 timeout: 60s
+# retries: 3                      # resend failed requests (off by default: first-attempt latencies)
+# retry-on: 429,5xx,connect       # which failures are retried (+ truncated, timeout)
+# retry-max-wait: 30s             # longest backoff, the server's Retry-After included
+# max-error-rate: 0.5             # exit 4 when more of the measured requests failed
+# cold-connections: true          # measure TCP setup: no connections opened before the load
 
 # --- Data
 input-tokens: "512:128"           # 512, 512:128 (normal), uniform:128-1024

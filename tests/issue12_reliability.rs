@@ -288,3 +288,23 @@ async fn issue12_the_simulator_takes_a_burst_of_connections_without_dropping_syn
     assert!(conns.iter().all(Result::is_ok));
     assert!(took < Duration::from_millis(900), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_an_uncapped_open_loop_warms_a_second_of_arrivals() {
+    // 60 req/s of 80 ms requests: about 5 in flight; one connection was
+    // warmed before (-c 1), so a handful of measured requests connected.
+    let server = common::sim(60, 2);
+    let mut cfg = common::config(&server.url(), 1, 60, 10);
+    cfg.workload.shape = LoadShape::Open {
+        arrivals: throtl::engine::arrival::ArrivalConfig {
+            rate: 60.0,
+            process: throtl::engine::arrival::ArrivalProcess::Constant,
+            seed: 1,
+            ramp_up: Duration::ZERO,
+        },
+        max_concurrency: None,
+    };
+    let r = bench(&cfg).await;
+    assert_eq!(r.requests.ok, 60);
+    assert_eq!(r.client.connections.unwrap().new_connections, 0);
+}

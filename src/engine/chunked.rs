@@ -263,5 +263,26 @@ mod tests {
             prop_assert_eq!(body, chunks.concat());
             prop_assert!(done);
         }
+
+        /// Arbitrary bytes, arbitrarily cut, never panic, and the data
+        /// ranges handed out lie inside the read (nothing is allocated
+        /// from a size line: `ffff…` is only a number).
+        #[test]
+        fn issue12_arbitrary_bytes_never_panic(
+            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8),
+        ) {
+            let mut d = ChunkedDecoder::default();
+            let mut ranges = Vec::new();
+            for p in &parts {
+                match d.decode(p, &mut ranges) {
+                    Ok(r) => {
+                        prop_assert!(r.consumed <= p.len());
+                        prop_assert!(ranges.iter().all(|r| r.end <= p.len()));
+                        if r.done { break; }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
     }
 }

@@ -110,16 +110,30 @@ pub struct LoadPlan {
     pub cold_connections: bool,
 }
 
+/// Most connections opened ahead of an uncapped open loop.
+pub const MAX_WARM_UNCAPPED: u32 = 1024;
+
 impl LoadPlan {
     /// Connections the load needs at once: one per closed-loop user, or one
-    /// per `--max-concurrency` slot in open loop (`concurrency` without a cap).
+    /// per `--max-concurrency` slot in open loop. An uncapped open loop has
+    /// `rate × latency` requests in flight, latency unknown before the run:
+    /// one second's worth of arrivals (at most [`MAX_WARM_UNCAPPED`]) covers
+    /// requests up to a second long; longer ones open the rest as needed,
+    /// which `connect_ms` shows.
     pub fn connections_needed(&self) -> u32 {
         match self.shape {
             LoadShape::Open {
                 max_concurrency: Some(cap),
                 ..
             } => cap,
-            _ => self.concurrency,
+            LoadShape::Open { arrivals, .. } => {
+                let per_second = arrivals
+                    .rate
+                    .ceil()
+                    .clamp(1.0, f64::from(MAX_WARM_UNCAPPED));
+                self.concurrency.max(per_second as u32)
+            }
+            LoadShape::Closed { .. } => self.concurrency,
         }
         .max(1)
     }
