@@ -903,4 +903,26 @@ mod tests {
         let err = b.to_config("m".into()).unwrap_err().to_string();
         assert!(err.contains("--concurrency"), "{err}");
     }
+
+    #[test]
+    fn issue12_client_threads_follow_the_streams_in_flight() {
+        let threads = |extra: &[&str]| {
+            let mut argv = vec!["throtl", "bench", "--url", "http://x"];
+            argv.extend_from_slice(extra);
+            let Command::Bench(b) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("bench")
+            };
+            client_threads(&b, 1)
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // 256 streams: one thread (cheaper and closer to the truth than two).
+        assert_eq!(threads(&["-c", "256"]), Some(1));
+        assert_eq!(threads(&["-c", "3000"]), Some(3.min(cpus)));
+        assert_eq!(
+            threads(&["--rate", "10", "--max-concurrency", "64"]),
+            Some(1)
+        );
+        assert_eq!(threads(&["--rate", "10"]), Some(cpus), "in flight unknown");
+        assert_eq!(threads(&["-c", "256", "--threads", "4"]), Some(4));
+    }
 }
