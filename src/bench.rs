@@ -128,6 +128,16 @@ impl Outputs {
     }
 }
 
+/// Writes a run finished elsewhere (merged shards) to every output of
+/// `cfg`: `--json`, the history database, HTML, Markdown, CSV.
+pub fn write_finished(cfg: &BenchConfig, run: &StoredRun) -> Result<(), BenchError> {
+    let mut outputs = Outputs::open(cfg)?;
+    if let Some(json) = outputs.json.take() {
+        json.write_final(&run.report)?;
+    }
+    outputs.finish(run)
+}
+
 /// Runs a whole bench: validate, open outputs, probe, measure, report, write.
 pub async fn run(cfg: &BenchConfig, controls: Controls) -> Result<RunReport, BenchError> {
     run_full(cfg, controls).await.map(|r| r.report)
@@ -184,6 +194,12 @@ pub struct Session {
     slices: Vec<engine::EngineOutcome>,
     run_id: String,
     live: LiveRun,
+    /// The instant the run's series and samples start at.
+    origin: Instant,
+    /// The common start of a sharded run (else this run's own start).
+    t0: time::OffsetDateTime,
+    /// How long after `t0` measuring started.
+    shift: Duration,
 }
 
 impl Session {
@@ -192,10 +208,14 @@ impl Session {
     pub async fn open(cfg: &BenchConfig, controls: &Controls) -> Result<Self, BenchError> {
         cfg.validate()?;
         let mut outputs = Outputs::open(cfg)?;
+        if let Some(sh) = &cfg.client.shard {
+            create(&sh.out)?;
+        }
         let workload = build_workload(cfg)?;
         preflight(&build_client()?, &cfg.url).await?;
         let transport = Arc::new(build_transport(cfg)?);
-        let collect = outputs.want_samples();
+        let collect = outputs.want_samples() || cfg.client.shard.is_some();
+        let (t0, shift) = wait_for_start(cfg).await;
         let started_wall = time::OffsetDateTime::now_utc();
         let origin = Instant::now();
         let cpu_before = crate::sys::cpu_time();
@@ -237,7 +257,12 @@ impl Session {
         .map_err(|e| BenchError::Internal(e.to_string()))?;
         let (server_tx, server_rx) = watch::channel(None);
         let every = cfg.api_options.scrape_every.unwrap_or(SERVER_SCRAPE_EVERY);
-        let recorder = if every.is_zero() {
+        let other_shard = cfg
+            .client
+            .shard
+            .as_ref()
+            .is_some_and(|s| s.slice.index != 0);
+        let recorder = if every.is_zero() || other_shard {
             None
         } else {
             Recorder::start(&cfg.url, every, origin, server_tx).ok()
@@ -267,16 +292,21 @@ impl Session {
             slices: Vec::new(),
             run_id,
             live,
+            origin,
+            t0,
+            shift,
         })
     }
 
     /// Applies one slice of load; its records go to this session's aggregator.
     pub async fn run_slice(&mut self, slice: Slice, controls: Controls) -> engine::EngineOutcome {
         let cfg = &self.cfg;
+        let shard = cfg.client.shard.as_ref().map(|s| s.slice);
+        let (stop, warmup) = sharded_counts(shard, cfg.workload.shape, slice.stop, slice.warmup);
         let plan = Arc::new(LoadPlan {
             concurrency: cfg.concurrency,
-            stop: slice.stop,
-            warmup: slice.warmup,
+            stop,
+            warmup,
             model: cfg.model.clone(),
             ignore_eos: cfg.ignore_eos,
             workload: self.workload.clone(),
@@ -286,6 +316,7 @@ impl Session {
             turns: cfg.workload.turns,
             retry: cfg.client.retry,
             cold_connections: cfg.client.cold_connections,
+            shard,
         });
         let outcome = engine::run(self.transport.clone(), plan, self.tx.clone(), controls).await;
         self.slices.push(outcome);
@@ -332,6 +363,9 @@ impl Session {
             cpu_before,
             run_id,
             live,
+            origin,
+            t0,
+            shift,
             ..
         } = self;
         drop(tx);
@@ -366,6 +400,22 @@ impl Session {
         if let Some(json) = outlet.json {
             json.write_final(&report)?;
         }
+        if let Some(sh) = &cfg.client.shard {
+            let file = crate::shard::shard_file(crate::shard::ShardParts {
+                cfg: &cfg,
+                stats: &stats,
+                samples: &samples,
+                outcome: &outcome,
+                origin,
+                t0,
+                shift,
+                report: &report,
+            });
+            crate::shard::write(&sh.out, &file).map_err(|source| BenchError::Output {
+                path: sh.out.clone(),
+                source,
+            })?;
+        }
         let run = StoredRun {
             histograms: stats.histograms(),
             report,
@@ -374,6 +424,39 @@ impl Session {
         };
         outputs.finish(&run)?;
         Ok(run)
+    }
+}
+
+/// Waits for `--start-at` (a sharded run's common start T0); returns T0 and
+/// how long after it this process starts measuring. Without `--start-at`,
+/// T0 is now.
+async fn wait_for_start(cfg: &BenchConfig) -> (time::OffsetDateTime, Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    let Some(t0) = cfg.client.shard.as_ref().and_then(|s| s.start_at) else {
+        return (now, Duration::ZERO);
+    };
+    let wait = t0 - now;
+    if wait.is_positive() {
+        tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
+    }
+    let late = time::OffsetDateTime::now_utc() - t0;
+    (t0, late.try_into().unwrap_or_default())
+}
+
+/// A closed-loop shard's own request and warmup counts: its share of the
+/// run's. An open-loop shard walks the whole schedule, so its stop is the run's.
+fn sharded_counts(
+    shard: Option<engine::ShardSlice>,
+    shape: LoadShape,
+    stop: StopCondition,
+    warmup: u64,
+) -> (StopCondition, u64) {
+    match (shard, shape, stop) {
+        (Some(s), LoadShape::Closed { .. }, StopCondition::Requests(n)) => {
+            (StopCondition::Requests(s.share(n)), s.share(warmup))
+        }
+        (Some(s), LoadShape::Closed { .. }, d) => (d, s.share(warmup)),
+        _ => (stop, warmup),
     }
 }
 

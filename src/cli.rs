@@ -12,10 +12,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::api::ApiKind;
 use crate::config::{
     normalize_base_url, parse_header, ApiOptions, BenchConfig, ClientOptions, ProgressMode,
-    EXIT_TOO_MANY_ERRORS,
+    ShardConfig, EXIT_TOO_MANY_ERRORS,
 };
 use crate::engine::retry::{RetryOn, RetryPolicy};
 use crate::engine::workload::TokenLengths;
+use crate::engine::ShardSlice;
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
 use crate::sim::engine::profile::Profile;
@@ -23,9 +24,11 @@ use crate::sim::engine::EngineConfig;
 use crate::sim::faults::FaultConfig;
 use crate::sim::{EngineFlavor, SimConfig};
 
+mod merge;
 mod monitor;
 mod race;
 mod results;
+pub use merge::MergeArgs;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
@@ -46,6 +49,20 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Keeps the (config-expanded) command line in the bench flags, so a
+    /// sharded bench can record how its run was configured.
+    pub fn with_argv(mut self, argv: &[std::ffi::OsString]) -> Self {
+        if let Command::Bench(b) = &mut self.command {
+            b.argv = argv
+                .iter()
+                .skip_while(|a| a.to_str() != Some("bench"))
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+        }
+        self
+    }
+
     /// Parses `argv`, returning clap's error text (first line) on failure.
     pub fn try_parse_from_checked(
         argv: Vec<std::ffi::OsString>,
@@ -88,6 +105,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Stream one prompt to several targets at once, side by side; rank them (--demo: simulators).
     Race(Box<RaceArgs>),
+    /// Merge the shard files of one sharded run (bench --shard K/N) into one report.
+    Merge(MergeArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -309,6 +328,23 @@ pub struct BenchArgs {
     /// Do not open connections before the load, and warm up only --warmup requests: measures TCP setup on purpose.
     #[arg(long, help_heading = "Client")]
     pub cold_connections: bool,
+    /// Send one slice of a run sharded over N load generators, K of N (0-based), and write a shard file for `throtl merge` (docs/distributed.md).
+    #[arg(long, value_parser = parse_shard, value_name = "K/N", help_heading = "Sharding")]
+    pub shard: Option<ShardSlice>,
+    /// Common start of every shard, RFC 3339 (e.g. 2026-12-02T10:00:00Z): each waits for it, then measures on its own clock.
+    #[arg(long, value_parser = parse_rfc3339, value_name = "T0", requires = "shard", help_heading = "Sharding")]
+    pub start_at: Option<time::OffsetDateTime>,
+    /// Where this shard's results go [default: shard-K.json].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "shard",
+        help_heading = "Sharding"
+    )]
+    pub shard_out: Option<PathBuf>,
+    /// The bench flags as given (after config-file expansion), kept in shard files.
+    #[arg(skip)]
+    pub argv: Vec<String>,
     /// Exit with status 4 (after writing every output) when more than this fraction of measured requests failed.
     #[arg(
         long,
@@ -441,6 +477,31 @@ fn parse_output_tokens(s: &str) -> Result<TokenLengths, String> {
     TokenLengths::parse("--output-tokens", s)
 }
 
+fn parse_shard(s: &str) -> Result<ShardSlice, String> {
+    ShardSlice::parse(s)
+}
+
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
+        format!("'{s}' is not an RFC 3339 time ({e}); write e.g. 2026-12-02T10:00:00Z")
+    })
+}
+
+impl BenchArgs {
+    fn shard_config(&self) -> Option<ShardConfig> {
+        let slice = self.shard?;
+        Some(ShardConfig {
+            slice,
+            start_at: self.start_at,
+            out: self
+                .shard_out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("shard-{}.json", slice.index))),
+            args: self.argv.clone(),
+        })
+    }
+}
+
 fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
     s.parse()
 }
@@ -541,6 +602,7 @@ impl BenchArgs {
                 },
                 cold_connections: self.cold_connections,
                 max_error_rate: self.max_error_rate,
+                shard: self.shard_config(),
             },
         };
         Ok(self.shape.apply_to(cfg))
@@ -621,6 +683,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
         Command::Race(args) => race::run_race(&args),
+        Command::Merge(args) => merge::run_merge(&args),
     }
 }
 

@@ -80,8 +80,9 @@ pub struct BenchConfig {
     pub client: ClientOptions,
 }
 
-/// How the client treats connections and failures (issue 12).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// How the client treats connections and failures (issue 12), and which
+/// slice of a sharded run it sends (issue 15).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClientOptions {
     /// Retries of failed requests (none by default).
     pub retry: crate::engine::retry::RetryPolicy,
@@ -90,6 +91,22 @@ pub struct ClientOptions {
     /// A run whose measured error rate exceeds this exits with
     /// [`EXIT_TOO_MANY_ERRORS`] after writing everything.
     pub max_error_rate: f64,
+    /// `--shard K/N`: this process sends one slice and writes a shard file.
+    #[serde(skip)]
+    pub shard: Option<ShardConfig>,
+}
+
+/// A sharded run's part for this process (docs/distributed.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardConfig {
+    /// K of N.
+    pub slice: crate::engine::ShardSlice,
+    /// Common start (`--start-at`); `None` starts at once.
+    pub start_at: Option<time::OffsetDateTime>,
+    /// Where the shard file goes (`--shard-out`).
+    pub out: PathBuf,
+    /// The `bench` flags that rebuild this run's configuration at merge.
+    pub args: Vec<String>,
 }
 
 /// Exit status of a run whose error rate exceeded `--max-error-rate`.
@@ -101,6 +118,7 @@ impl Default for ClientOptions {
             retry: Default::default(),
             cold_connections: false,
             max_error_rate: 0.5,
+            shard: None,
         }
     }
 }

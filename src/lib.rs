@@ -22,6 +22,7 @@ pub mod race;
 pub mod report;
 pub mod results;
 pub mod scrape;
+pub mod shard;
 pub mod sim;
 pub mod slo;
 pub mod stats;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cli = throtl::cli::Cli::parse_from(argv);
+    let cli = throtl::cli::Cli::parse_from(argv.clone()).with_argv(&argv);
     match throtl::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

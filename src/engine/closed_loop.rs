@@ -35,7 +35,7 @@ pub async fn run_closed_loop(
     let d = Dispatch::new(transport, Arc::clone(&plan), sink, &controls);
     let mut users = tokio::task::JoinSet::new();
     let n = plan.concurrency.max(1);
-    for i in 0..n {
+    for i in (0..n).filter(|i| plan.shard.is_none_or(|s| s.owns(u64::from(*i)))) {
         let start_at = started + plan.ramp_up.mul_f64(f64::from(i) / f64::from(n));
         let rng = SmallRng::seed_from_u64(plan.workload.seed() ^ u64::from(i));
         users.spawn(user(d.clone(), Arc::clone(&issuer), start_at, think, rng));
@@ -60,8 +60,9 @@ async fn user(
     }
     let mut conv: Option<Conversation> = None;
     let mut first = true;
-    while let Some((seq, warmup)) = issuer.next_for_user(due, first) {
+    while let Some((local, warmup)) = issuer.next_for_user(due, first) {
         first = false;
+        let seq = d.plan.shard.map_or(local, |s| s.global_seq(local));
         let alive = if d.plan.turns > 1 {
             d.run_turn(seq, warmup, due, &mut conv).await
         } else {

@@ -108,6 +108,55 @@ pub struct LoadPlan {
     /// connections are opened ahead of the load and warmup is not extended
     /// to every user.
     pub cold_connections: bool,
+    /// The slice of a sharded run this process sends (`--shard K/N`).
+    pub shard: Option<ShardSlice>,
+}
+
+/// One slice of a run sharded over several load generators (`--shard K/N`).
+///
+/// Open loop: every shard builds the whole seeded schedule and sends the
+/// arrivals with `seq mod N == K`, so the union of the slices is exactly
+/// the single-machine schedule, bursts included. Closed loop: users are
+/// assigned whole (`user mod N == K`) and requests and warmup divided
+/// ([`ShardSlice::share`]); request `i` of shard K is sequence number
+/// `i·N + K`, so the slices' sequence numbers never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ShardSlice {
+    /// K: this shard, 0-based.
+    pub index: u32,
+    /// N: shards in the run.
+    pub count: u32,
+}
+
+impl ShardSlice {
+    /// Parses `K/N` (0 ≤ K < N).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("--shard '{s}' must be K/N with 0 <= K < N, e.g. 0/4");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u32 = k.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+
+    /// True when this shard sends schedule entry (or user) `i`.
+    pub fn owns(self, i: u64) -> bool {
+        i % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// This shard's part of `total` (users, requests, warmup): the
+    /// entries `i < total` it [`owns`](Self::owns).
+    pub fn share(self, total: u64) -> u64 {
+        let n = u64::from(self.count);
+        total / n + u64::from(u64::from(self.index) < total % n)
+    }
+
+    /// The run-wide sequence number of this shard's `local`-th closed-loop request.
+    pub fn global_seq(self, local: u64) -> u64 {
+        local * u64::from(self.count) + u64::from(self.index)
+    }
 }
 
 /// Most connections opened ahead of an uncapped open loop.
@@ -284,6 +333,11 @@ impl Dispatch {
             conversations: Arc::new(AtomicU64::new(0)),
             timer: PreciseTimer::start().ok(),
         }
+    }
+
+    /// True when this process sends schedule entry `seq` (always, unsharded).
+    fn owns(&self, seq: u64) -> bool {
+        self.plan.shard.is_none_or(|s| s.owns(seq))
     }
 
     /// Sleeps until `at` (never wakes early), to within tens of

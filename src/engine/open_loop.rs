@@ -57,6 +57,9 @@ pub async fn run_open_loop(
         let Some((seq, warmup)) = issuer.next(due) else {
             break controls.soft.is_cancelled().then_some(Unsent::Due(due));
         };
+        if !d.owns(seq) {
+            continue; // another shard's arrival
+        }
         let Some((permit, waited)) = take_slot(cap.as_ref(), &controls.soft).await else {
             break Some(Unsent::Issued(seq, warmup, due));
         };
@@ -112,7 +115,7 @@ fn account_unsent(
         let Some((seq, warmup)) = issuer.admit(due) else {
             return;
         };
-        if !d.not_sent(seq, warmup, due, stopped) {
+        if d.owns(seq) && !d.not_sent(seq, warmup, due, stopped) {
             return;
         }
     }

@@ -19,6 +19,49 @@ impl Default for LatencyHistogram {
     }
 }
 
+/// A histogram crosses machines (shard files) as the hex of its V2 + DEFLATE
+/// encoding: exact, compact, and independent of this struct's layout.
+impl Serialize for LatencyHistogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+        let mut buf = Vec::new();
+        V2DeflateSerializer::new()
+            .serialize(&self.0, &mut buf)
+            .map_err(|e| serde::ser::Error::custom(format!("{e:?}")))?;
+        s.serialize_str(&hex(&buf))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LatencyHistogram {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = unhex(&text).ok_or_else(|| serde::de::Error::custom("histogram: not hex"))?;
+        let h: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| serde::de::Error::custom(format!("histogram: {e:?}")))?;
+        // Same bounds as every histogram of this type, so counts add exactly.
+        let mut out = Self::new();
+        out.0
+            .add(&h)
+            .map_err(|e| serde::de::Error::custom(format!("histogram: {e:?}")))?;
+        Ok(out)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 impl LatencyHistogram {
     /// An empty histogram.
     pub fn new() -> Self {

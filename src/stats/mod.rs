@@ -2,6 +2,7 @@
 
 pub mod aggregator;
 mod histogram;
+pub mod portable;
 pub mod series;
 pub mod server;
 
@@ -83,7 +84,7 @@ pub struct Stats {
 
 /// How measured requests were sent: attempts (`--retries`) and whether a
 /// connection had to be opened for them. Cancelled requests are included.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AttemptCounts {
     /// Measured requests that were sent.
     pub requests: u64,
@@ -214,7 +215,7 @@ fn widen(span: Option<(Instant, Instant)>, lo: Instant, hi: Instant) -> (Instant
 
 /// Prompt tokens of successful requests where both the local tokenizer and
 /// the server gave a count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputTokenCheck {
     /// Requests with both counts.
     pub compared: u64,

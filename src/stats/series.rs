@@ -43,8 +43,10 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Bucket {
+/// One second's raw counts, latencies kept per request so percentiles of
+/// merged seconds stay exact.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bucket {
     sent: u64,
     ok: u64,
     errors: u64,
@@ -144,6 +146,22 @@ impl TimeSeries {
             a.busy += b.busy;
             a.ttft_us.extend_from_slice(&b.ttft_us);
             a.e2e_us.extend_from_slice(&b.e2e_us);
+        }
+    }
+
+    /// The buckets with their index shifted by `shift_s` seconds (a shard
+    /// that started later than T0), for a shard file.
+    pub(super) fn shifted_buckets(&self, shift_s: usize) -> Vec<Bucket> {
+        let mut out = vec![Bucket::default(); shift_s];
+        out.extend(self.buckets.iter().cloned());
+        out
+    }
+
+    /// A series at `origin` holding `buckets` (from a shard file).
+    pub(super) fn from_buckets(origin: Instant, buckets: Vec<Bucket>) -> Self {
+        Self {
+            origin: Some(origin),
+            buckets,
         }
     }
 

@@ -8,7 +8,7 @@ use super::{Distribution, LatencyHistogram};
 use crate::api::ServerTimings;
 
 /// Sums of server-reported work; mergeable.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServerStats {
     /// Requests that reported timings.
     pub requests: u64,
