@@ -208,7 +208,12 @@ impl Session {
     pub async fn open(cfg: &BenchConfig, controls: &Controls) -> Result<Self, BenchError> {
         cfg.validate()?;
         let mut outputs = Outputs::open(cfg)?;
-        if let Some(sh) = &cfg.client.shard {
+        if let Some(sh) = cfg
+            .client
+            .shard
+            .as_ref()
+            .filter(|s| !crate::shard::is_stdout(&s.out))
+        {
             create(&sh.out)?;
         }
         let workload = build_workload(cfg)?;

@@ -24,10 +24,12 @@ use crate::sim::engine::EngineConfig;
 use crate::sim::faults::FaultConfig;
 use crate::sim::{EngineFlavor, SimConfig};
 
+mod k8s;
 mod merge;
 mod monitor;
 mod race;
 mod results;
+pub use k8s::{CollectArgs, JobArgs, K8sAction, K8sArgs};
 pub use merge::MergeArgs;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
@@ -107,6 +109,8 @@ pub enum Command {
     Race(Box<RaceArgs>),
     /// Merge the shard files of one sharded run (bench --shard K/N) into one report.
     Merge(MergeArgs),
+    /// Kubernetes: print an Indexed Job for a sharded bench, collect and merge its results.
+    K8s(K8sArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -684,6 +688,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => crate::cli_workload::run_init(&args),
         Command::Race(args) => race::run_race(&args),
         Command::Merge(args) => merge::run_merge(&args),
+        Command::K8s(args) => k8s::run_k8s(args),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod config_file;
 pub mod demo;
 pub mod engine;
+pub mod k8s;
 pub mod live;
 pub mod monitor;
 pub mod multi;

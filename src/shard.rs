@@ -207,13 +207,47 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// Line before a shard file printed to stdout (`--shard-out -`, e.g. in a pod's log).
+pub const BEGIN_MARKER: &str = "-----BEGIN THROTL SHARD-----";
+/// Line after it.
+pub const END_MARKER: &str = "-----END THROTL SHARD-----";
+
+/// True for the `--shard-out` value that means stdout.
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// Writes `f` as pretty JSON (write then rename, so a collector never reads
-/// half a file).
+/// half a file); to `-`, prints it to stdout between [`BEGIN_MARKER`] and
+/// [`END_MARKER`] in one write.
 pub fn write(path: &Path, f: &ShardFile) -> std::io::Result<()> {
+    if is_stdout(path) {
+        use std::io::Write;
+        let json = serde_json::to_string(f).map_err(std::io::Error::other)?;
+        let mut out = std::io::stdout().lock();
+        return out
+            .write_all(format!("{BEGIN_MARKER}\n{json}\n{END_MARKER}\n").as_bytes())
+            .and_then(|()| out.flush());
+    }
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(f).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Every shard file printed between markers in `text` (pod logs).
+pub fn extract_from_log(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN_MARKER) {
+        let after = &rest[start + BEGIN_MARKER.len()..];
+        let Some(end) = after.find(END_MARKER) else {
+            break;
+        };
+        out.push(after[..end].trim());
+        rest = &after[end + END_MARKER.len()..];
+    }
+    out
 }
 
 /// Reads shard files.

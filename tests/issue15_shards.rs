@@ -485,3 +485,169 @@ fn issue15_a_shard_whose_clock_is_a_second_off_shifts_windows_not_latencies() {
         "{err}"
     );
 }
+
+#[test]
+fn issue15_the_job_manifest_is_a_valid_indexed_job() {
+    let out = throtl(&[
+        "k8s",
+        "job",
+        "--shards",
+        "4",
+        "--image",
+        "ghcr.io/acme/throtl:1",
+        "--name",
+        "load-test",
+        "--",
+        "bench",
+        "--url",
+        "http://vllm.ml:8000",
+        "--rate",
+        "400",
+        "-d",
+        "5m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml: serde_json::Value = serde_norway::from_slice(&out.stdout).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/k8s/job-batch-v1.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&yaml)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{yaml:#}");
+    let spec = &yaml["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    assert_eq!(
+        (spec["completions"].as_u64(), spec["parallelism"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(spec["backoffLimit"], 0);
+    let c = &spec["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+    assert_eq!(at("--shard"), "$(JOB_COMPLETION_INDEX)/4");
+    assert_eq!(at("--shard-out"), "-");
+    assert!(
+        time::OffsetDateTime::parse(
+            at("--start-at"),
+            &time::format_description::well_known::Rfc3339
+        )
+        .unwrap()
+            > time::OffsetDateTime::now_utc()
+    );
+    assert_eq!(c["env"][0]["name"], "JOB_COMPLETION_INDEX");
+    // The flags inside must be valid bench flags, and the job sets its own shard flags.
+    let bad = throtl(&[
+        "k8s", "job", "--shards", "2", "--image", "i", "--", "bench", "--rate", "soon",
+    ]);
+    assert!(!bad.status.success());
+    let own = throtl(&[
+        "k8s", "job", "--shards", "2", "--image", "i", "--", "bench", "--url", "http://x",
+        "--shard", "0/2",
+    ]);
+    assert!(String::from_utf8_lossy(&own.stderr).contains("set by the job itself"));
+}
+
+#[test]
+fn issue15_collect_reads_the_shards_from_pod_logs_and_merges_them() {
+    let server = common::sim(10, 1);
+    let dir = common::tmpdir();
+    let url = server.url();
+    // Two "pods": shard benches printing their shard files to stdout, as in a pod log.
+    let logs: Vec<String> = (0..2)
+        .map(|k| {
+            let out = throtl(&[
+                "bench",
+                "--url",
+                &url,
+                "-m",
+                "throtl-sim",
+                "--api",
+                "openai-chat",
+                "-c",
+                "2",
+                "-n",
+                "20",
+                "--warmup",
+                "0",
+                "--output-tokens",
+                "4",
+                "--tokenizer",
+                "words",
+                "--no-store",
+                "--no-tui",
+                "--shard",
+                &format!("{k}/2"),
+                "--shard-out",
+                "-",
+            ]);
+            assert!(out.status.success());
+            let path = dir.path().join(format!("pod-{k}.log"));
+            std::fs::write(&path, &out.stdout).unwrap();
+            path.to_string_lossy().into_owned()
+        })
+        .collect();
+    // A fake kubectl answering `get pods` and `logs POD` from those files.
+    let fake = dir.path().join("kubectl");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  get) printf 'pod/run-0-a\\npod/run-1-b\\n' ;;\n  logs) case \"$2\" in *0-a) cat '{}' ;; *) cat '{}' ;; esac ;;\n  *) echo \"unexpected $*\" >&2; exit 1 ;;\nesac\n",
+            logs[0], logs[1]
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let merged = dir.path().join("merged.json");
+    let out = throtl(&[
+        "k8s",
+        "collect",
+        "run",
+        "--kubectl",
+        fake.to_str().unwrap(),
+        "--out-dir",
+        dir.path().join("shards").to_str().unwrap(),
+        "--no-store",
+        "--json",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = json(&merged);
+    // -n 20 is the whole plan: 10 requests per shard.
+    assert_eq!(m["requests"]["ok"], 20);
+    assert_eq!(m["load"]["concurrency"], 2);
+    assert!(m["warnings"]
+        .to_string()
+        .contains("merged from 2 of 2 shards"));
+    // A failing kubectl is reported with the command.
+    let broken = throtl(&[
+        "k8s",
+        "collect",
+        "run",
+        "--kubectl",
+        "/nonexistent/kubectl",
+        "--no-store",
+    ]);
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("kubectl get pods"));
+}
