@@ -29,7 +29,7 @@ mod merge;
 mod monitor;
 mod race;
 mod results;
-pub use k8s::{CollectArgs, JobArgs, K8sAction, K8sArgs};
+pub use k8s::{CollectArgs, DiscoverArgs, JobArgs, K8sAction, K8sArgs};
 pub use merge::MergeArgs;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
@@ -111,6 +111,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// Kubernetes: print an Indexed Job for a sharded bench, collect and merge its results.
     K8s(K8sArgs),
+    /// Find inference engines in the current kube context (Services, Ingresses, Routes) and probe them.
+    Discover(DiscoverArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -689,6 +691,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Race(args) => race::run_race(&args),
         Command::Merge(args) => merge::run_merge(&args),
         Command::K8s(args) => k8s::run_k8s(args),
+        Command::Discover(args) => k8s::run_discover(&args),
     }
 }
 

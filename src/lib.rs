@@ -12,6 +12,7 @@ pub mod cli_workload;
 pub mod config;
 pub mod config_file;
 pub mod demo;
+pub mod discover;
 pub mod engine;
 pub mod k8s;
 pub mod live;

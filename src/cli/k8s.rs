@@ -137,3 +137,48 @@ fn run_collect(a: CollectArgs) -> Result<ExitCode> {
         results: a.results,
     })
 }
+
+/// `throtl discover` flags.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Only this namespace [default: all namespaces].
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Label selector, e.g. app=vllm.
+    #[arg(long, short = 'l')]
+    pub selector: Option<String>,
+    /// Kubeconfig file for kubectl [default: kubectl's own].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<String>,
+    /// The kubectl (or oc) to run.
+    #[arg(long, default_value = "kubectl", value_name = "PATH")]
+    pub kubectl: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each endpoint's probe may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// Runs `throtl discover`.
+pub fn run_discover(a: &DiscoverArgs) -> Result<ExitCode> {
+    let q = crate::discover::DiscoverQuery {
+        kubectl: a.kubectl.clone(),
+        namespace: a.namespace.clone(),
+        selector: a.selector.clone(),
+        kubeconfig: a.kubeconfig.clone(),
+    };
+    let mut found = q.endpoints()?;
+    let rt = super::runtime(Some(2))?;
+    rt.block_on(crate::discover::probe_all(&mut found, a.timeout));
+    // A timed-out probe may leave a DNS lookup running on a blocking
+    // thread; do not wait for it.
+    rt.shutdown_background();
+    if a.json {
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&found)?));
+    } else {
+        print_stdout(&crate::discover::render(&found));
+    }
+    Ok(ExitCode::SUCCESS)
+}
