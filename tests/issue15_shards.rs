@@ -278,12 +278,19 @@ fn issue15_two_shard_processes_merge_into_the_single_machine_report() {
         "0",
         "--output-tokens",
         "8",
-        "--no-store",
         "-q",
         "--tokenizer",
         "words",
     ];
-    let single = throtl(&[&["bench"][..], &plan, &["--json", &p("single.json")]].concat());
+    let db = p("history.db");
+    let single = throtl(
+        &[
+            &["bench"][..],
+            &plan,
+            &["--json", &p("single.json"), "--db", &db],
+        ]
+        .concat(),
+    );
     assert!(
         single.status.success(),
         "{}",
@@ -308,6 +315,7 @@ fn issue15_two_shard_processes_merge_into_the_single_machine_report() {
                     t0.clone(),
                     "--shard-out".into(),
                     out,
+                    "--no-store".into(),
                 ])
                 .collect();
             std::process::Command::new(common::bin())
@@ -323,7 +331,8 @@ fn issue15_two_shard_processes_merge_into_the_single_machine_report() {
         "merge",
         &p("shard-0.json"),
         &p("shard-1.json"),
-        "--no-store",
+        "--db",
+        &db,
         "--json",
         &p("merged.json"),
     ]);
@@ -361,6 +370,26 @@ fn issue15_two_shard_processes_merge_into_the_single_machine_report() {
     assert!(b["warnings"]
         .to_string()
         .contains("merged from 2 of 2 shards"));
+    // Stored as one run; `compare` finds no significant TTFT or e2e regression.
+    let ids = [a["run_id"].as_str().unwrap(), b["run_id"].as_str().unwrap()];
+    let cmp = throtl(&[
+        "compare",
+        ids[0],
+        ids[1],
+        "--db",
+        &db,
+        "--fail-on",
+        "ttft.p50>+5%",
+        "--fail-on",
+        "e2e.p50>+5%",
+    ]);
+    assert_eq!(
+        cmp.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
 
     // Mixed, duplicate and missing shards are refused, naming the offender.
     let dup = throtl(&[
