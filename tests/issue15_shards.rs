@@ -492,8 +492,10 @@ fn issue15_a_shard_whose_clock_is_a_second_off_shifts_windows_not_latencies() {
     );
     let m = json(&dir.path().join("m.json"));
     assert_eq!(m["requests"]["ok"], 40);
-    let ttft = m["latency_ms"]["ttft"]["p99"].as_f64().unwrap();
-    assert!((20.0..23.0).contains(&ttft), "latencies unchanged: {ttft}");
+    // The simulator's fixed 20 ms TTFT, not shifted by the second (the
+    // median: a p99 of 40 requests on a busy machine says little).
+    let ttft = m["latency_ms"]["ttft"]["p50"].as_f64().unwrap();
+    assert!((20.0..24.0).contains(&ttft), "latencies unchanged: {ttft}");
     // Each shard measured on its own clock from the T0 it was given: the
     // merge aligns them (it cannot see a wrong clock), so the windows
     // overlap instead of spanning the real second apart, and it says so
