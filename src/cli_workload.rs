@@ -245,8 +245,8 @@ pub fn run_sweep(args: &SweepArgs) -> Result<ExitCode> {
     let rt = crate::cli::runtime_for(threads)?;
     rt.block_on(async {
         let (api, model) = crate::cli::resolve_target(&args.bench).await?;
-        let mut cfg = args.bench.to_config_unchecked(model, api)?;
-        cfg.concurrency = args.bench.concurrency.first().copied().unwrap_or(1);
+        // The first --concurrency (or --users) is the base; the axis sets each step's.
+        let cfg = args.bench.to_config_unchecked(model, api)?;
         cfg.validate()?;
         let sweep = SweepConfig {
             json_out: cfg.json_out.clone(),

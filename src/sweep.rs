@@ -302,8 +302,11 @@ fn finish(report: &mut SweepReport) {
     report.slo = slo_summary(&report.steps);
 }
 
+/// Creates every output file before the first step, so a bad path fails
+/// before any load (not after the first step).
 fn check_output(cfg: &SweepConfig) -> Result<(), BenchError> {
-    for p in [&cfg.json_out, &cfg.base.results.html_out]
+    let r = &cfg.base.results;
+    for p in [&cfg.json_out, &r.html_out, &r.markdown_out, &r.csv_out]
         .into_iter()
         .flatten()
     {
