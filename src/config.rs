@@ -22,8 +22,6 @@ pub struct ConfigError(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressMode {
-    /// A live progress bar (terminal).
-    Bar,
     /// The live ratatui dashboard (terminal).
     Tui,
     /// A plain line every few seconds (pipes, CI logs).

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 
 use crate::config::ProgressMode;
@@ -61,13 +60,13 @@ impl Progress {
                     // No usable terminal: fall back to plain lines.
                     if crate::tui::bench::run(dash, &flag).is_err() {
                         crate::tui::restore();
-                        draw_loop(ProgressMode::Lines, rx, stop_at, warmup, &flag);
+                        print_lines(rx, warmup, &flag);
                     }
                 })
                 .ok(),
-            _ => std::thread::Builder::new()
+            ProgressMode::Lines => std::thread::Builder::new()
                 .name("throtl-progress".into())
-                .spawn(move || draw_loop(mode, rx, stop_at, warmup, &flag))
+                .spawn(move || print_lines(rx, warmup, &flag))
                 .ok(),
         };
         Self { stop, thread }
@@ -82,59 +81,19 @@ impl Progress {
     }
 }
 
-fn draw_loop(
-    mode: ProgressMode,
-    rx: watch::Receiver<Arc<Snapshot>>,
-    stop_at: StopCondition,
-    warmup: u64,
-    stop: &AtomicBool,
-) {
+/// A plain status line every 5 s on stderr (pipes, CI logs).
+fn print_lines(rx: watch::Receiver<Arc<Snapshot>>, warmup: u64, stop: &AtomicBool) {
     let started = Instant::now();
-    let bar = (mode == ProgressMode::Bar).then(|| new_bar(stop_at));
-    let period = if bar.is_some() {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_secs(5)
-    };
+    let period = Duration::from_secs(5);
     let mut last_line = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        let snap = Arc::clone(&rx.borrow());
-        let msg = status_line(&snap, warmup);
-        match &bar {
-            Some(b) => {
-                b.set_position(position(&snap, stop_at));
-                b.set_message(msg);
-            }
-            None if last_line.elapsed() >= period => {
-                last_line = Instant::now();
-                eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
-            }
-            None => {}
+        if last_line.elapsed() >= period {
+            last_line = Instant::now();
+            let snap = Arc::clone(&rx.borrow());
+            let msg = status_line(&snap, warmup);
+            eprintln!("[{:>6.1}s] {msg}", started.elapsed().as_secs_f64());
         }
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-}
-
-fn new_bar(stop_at: StopCondition) -> ProgressBar {
-    let len = match stop_at {
-        StopCondition::Requests(n) => n,
-        StopCondition::Duration(d) => d.as_secs().max(1),
-    };
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(10));
-    let template = "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} eta {eta}  {msg}";
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
-}
-
-fn position(s: &Snapshot, stop_at: StopCondition) -> u64 {
-    match stop_at {
-        StopCondition::Requests(_) => s.done,
-        StopCondition::Duration(_) => s.window.as_secs(),
     }
 }
 
