@@ -217,10 +217,13 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "THROTL_URL",
-        required_unless_present = "targets",
+        required_unless_present_any = ["targets", "discover"],
         help_heading = "Target"
     )]
     pub url: Option<String>,
+    /// Bench the healthy engines `throtl discover` finds in the kube context (optionally a label selector, e.g. app=vllm); several become --targets.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "SELECTOR", conflicts_with_all = ["url", "targets"], help_heading = "Target")]
+    pub discover: Option<String>,
     /// Several targets, benched one after another with the same workload and compared: NAME=URL, repeated.
     #[arg(
         long = "target",
@@ -674,13 +677,62 @@ impl MockArgs {
     }
 }
 
+/// The healthy engines `throtl discover` finds with label `selector`
+/// (empty: every one), as (name, URL); kubectl is `$THROTL_KUBECTL` or
+/// `kubectl`.
+fn discovered(selector: &str) -> Result<Vec<(String, String)>> {
+    let q = crate::discover::DiscoverQuery {
+        kubectl: std::env::var("THROTL_KUBECTL").unwrap_or_else(|_| "kubectl".into()),
+        selector: (!selector.is_empty()).then(|| selector.to_owned()),
+        ..Default::default()
+    };
+    let mut found = q.endpoints()?;
+    let rt = runtime(Some(2))?;
+    rt.block_on(crate::discover::probe_all(
+        &mut found,
+        Duration::from_secs(10),
+    ));
+    rt.shutdown_background();
+    let healthy: Vec<(String, String)> = found
+        .into_iter()
+        .filter(|e| e.healthy)
+        .map(|e| (format!("{}-{}", e.namespace, e.name), e.url))
+        .collect();
+    if healthy.is_empty() {
+        anyhow::bail!("--discover found no healthy engine (selector '{selector}'); run `throtl discover` to see what it finds");
+    }
+    for (name, url) in &healthy {
+        eprintln!("discovered {name} at {url}");
+    }
+    Ok(healthy)
+}
+
+/// NAME=URL target flags.
+fn as_targets(found: Vec<(String, String)>) -> Vec<String> {
+    found.into_iter().map(|(n, u)| format!("{n}={u}")).collect()
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Bench(args) => run_bench(&args),
+        Command::Bench(mut args) => {
+            if let Some(sel) = args.discover.take() {
+                let found = discovered(&sel)?;
+                match found.as_slice() {
+                    [(_, url)] => args.url = Some(url.clone()),
+                    _ => args.targets = as_targets(found),
+                }
+            }
+            run_bench(&args)
+        }
         Command::Mock(args) => run_mock(&args),
         Command::Demo(args) => run_demo(&args),
-        Command::Monitor(args) => monitor::run_monitor(&args),
+        Command::Monitor(mut args) => {
+            if let Some(sel) = args.discover.take() {
+                args.urls = discovered(&sel)?.into_iter().map(|(_, u)| u).collect();
+            }
+            monitor::run_monitor(&args)
+        }
         Command::History(args) => monitor::run_history(&args),
         Command::Runs(args) => results::run_runs(&args),
         Command::Report(args) => results::run_report(&args),
@@ -688,7 +740,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Probe(args) => run_probe(&args),
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
-        Command::Race(args) => race::run_race(&args),
+        Command::Race(mut args) => {
+            if let Some(sel) = args.discover.take() {
+                args.targets = as_targets(discovered(&sel)?);
+            }
+            race::run_race(&args)
+        }
         Command::Merge(args) => merge::run_merge(&args),
         Command::K8s(args) => k8s::run_k8s(args),
         Command::Discover(args) => k8s::run_discover(&args),

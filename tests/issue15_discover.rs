@@ -12,6 +12,28 @@ fn port(url: &str) -> String {
     url.rsplit(':').next().unwrap().to_owned()
 }
 
+/// A `kubectl` answering `get RESOURCE -o json` from the fixtures, with the
+/// simulators' ports; without `routes`, Ingresses and Routes are empty
+/// (their hosts do not resolve here, so probing them only takes time).
+fn fake_kubectl(dir: &std::path::Path, a: &str, b: &str, routes: bool) -> std::path::PathBuf {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s");
+    let fake = dir.join("kubectl");
+    let edge = if routes {
+        "ingresses) f=ingresses ;;\n  routes.route.openshift.io) f=routes ;;"
+    } else {
+        "ingresses|routes.route.openshift.io) echo '{\"items\": []}'; exit 0 ;;"
+    };
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{log}'\nfor a in \"$@\"; do case \"$a\" in\n  services|endpoints|nodes) f=\"$a\" ;;\n  {edge}\nesac; done\nsed -e 's/PORT_A/{a}/' -e 's/PORT_B/{b}/' '{fixtures}/'\"$f\".json\n",
+        log = dir.join("calls.log").display(),
+        a = port(a),
+        b = port(b),
+    );
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fake
+}
+
 #[test]
 fn issue15_discover_lists_services_ingresses_and_routes_and_probes_them() {
     let vllm = common::sim(5, 1);
@@ -21,16 +43,7 @@ fn issue15_discover_lists_services_ingresses_and_routes_and_probes_them() {
     })
     .unwrap();
     let dir = common::tmpdir();
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k8s");
-    let fake = dir.path().join("kubectl");
-    let script = format!(
-        "#!/bin/sh\necho \"$@\" >> '{log}'\nfor a in \"$@\"; do case \"$a\" in\n  services|endpoints|nodes|ingresses) f=\"$a\" ;;\n  routes.route.openshift.io) f=routes ;;\nesac; done\nsed -e 's/PORT_A/{a}/' -e 's/PORT_B/{b}/' '{fixtures}/'\"$f\".json\n",
-        log = dir.path().join("calls.log").display(),
-        a = port(&vllm.url()),
-        b = port(&tgi.url()),
-    );
-    std::fs::write(&fake, script).unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_kubectl(dir.path(), &vllm.url(), &tgi.url(), true);
     let out = std::process::Command::new(common::bin())
         .args([
             "discover",
@@ -123,4 +136,64 @@ fn issue15_discover_lists_services_ingresses_and_routes_and_probes_them() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("Is kubectl installed"));
+}
+
+#[test]
+fn issue15_bench_race_and_monitor_take_discovered_targets() {
+    let vllm = common::sim(5, 1);
+    let tgi = sim::start(SimConfig {
+        engine: EngineFlavor::Tgi,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dir = common::tmpdir();
+    let fake = fake_kubectl(dir.path(), &vllm.url(), &tgi.url(), false);
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args(args)
+            .env("THROTL_KUBECTL", &fake)
+            .output()
+            .unwrap()
+    };
+    let bench = run(&[
+        "bench",
+        "--discover",
+        "-n",
+        "4",
+        "--warmup",
+        "0",
+        "--output-tokens",
+        "2",
+        "--no-store",
+        "-q",
+        "--tokenizer",
+        "words",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&bench.stdout),
+        String::from_utf8_lossy(&bench.stderr),
+    );
+    assert!(bench.status.success(), "{err}");
+    // The two healthy services, benched as two targets.
+    assert!(
+        out.contains("inference-vllm-lb") && out.contains("inference-tgi-np"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("ml-ollama"),
+        "unhealthy endpoints are left out: {out}"
+    );
+    let race = run(&["race", "--discover", "tier=llm", "--max-tokens", "4"]);
+    assert!(
+        race.status.success(),
+        "{}",
+        String::from_utf8_lossy(&race.stderr)
+    );
+    assert!(String::from_utf8_lossy(&race.stdout).contains("inference-tgi-np"));
+    let monitor = run(&["monitor", "--discover", "--once", "--no-tui"]);
+    let text = String::from_utf8_lossy(&monitor.stdout);
+    assert!(
+        text.contains(&vllm.url()) && text.contains(&tgi.url()),
+        "{text}"
+    );
 }

@@ -22,8 +22,11 @@ use crate::store::{SampleQuery, Store};
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
     /// Server base URLs to watch (each must serve /metrics, or be Ollama).
-    #[arg(required = true, value_name = "URL")]
+    #[arg(required_unless_present = "discover", value_name = "URL")]
     pub urls: Vec<String>,
+    /// Watch the healthy engines `throtl discover` finds (optionally a label selector, e.g. app=vllm).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "SELECTOR", conflicts_with = "urls")]
+    pub discover: Option<String>,
     /// Time between scrapes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub interval: Duration,

@@ -27,9 +27,12 @@ pub struct RaceArgs {
     #[arg(
         long = "target",
         value_name = "NAME=URL",
-        required_unless_present = "demo"
+        required_unless_present_any = ["demo", "discover"]
     )]
     pub targets: Vec<String>,
+    /// Race the healthy engines `throtl discover` finds (optionally a label selector, e.g. tier=llm).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "SELECTOR", conflicts_with_all = ["targets", "demo"])]
+    pub discover: Option<String>,
     /// Race three built-in simulators with different TTFT and ITL (no server needed).
     #[arg(long, conflicts_with = "targets")]
     pub demo: bool,
