@@ -682,3 +682,35 @@ fn issue15_collect_reads_the_shards_from_pod_logs_and_merges_them() {
     ]);
     assert!(String::from_utf8_lossy(&broken.stderr).contains("kubectl get pods"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_conversations_stay_whole_on_one_shard() {
+    let server = common::sim(2, 1);
+    let transport = Arc::new(Transport::new(
+        &server.url(),
+        Default::default(),
+        Arc::from(ApiKind::OpenaiChat.protocol()),
+        Duration::from_secs(10),
+    ));
+    let mut seen = BTreeSet::new();
+    for k in 0..2 {
+        let slice = ShardSlice { index: k, count: 2 };
+        let mut p = (*plan(LoadShape::Closed { think: None }, StopCondition::Requests(slice.share(24)), Some(slice), 4)).clone();
+        p.turns = 3;
+        let (tx, rx) = mpsc::channel();
+        throtl::engine::run(Arc::clone(&transport), Arc::new(p), tx, Controls::default()).await;
+        let recs: Vec<RequestRecord> = rx.try_iter().collect();
+        let mut turns: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
+        for r in &recs {
+            turns.entry(r.conversation.unwrap()).or_default().push(r.turn.unwrap());
+        }
+        for (conv, mut t) in turns {
+            // Every conversation of this shard is its own (ids i·N + K) and
+            // its turns are here in order from the first.
+            assert_eq!(conv % 2, u64::from(k));
+            assert!(seen.insert(conv), "conversation {conv} on two shards");
+            t.sort_unstable();
+            assert_eq!(t, (0..t.len() as u32).collect::<Vec<_>>());
+        }
+    }
+}

@@ -411,7 +411,11 @@ impl Dispatch {
     ) -> bool {
         let item = self.plan.workload.item(seq);
         let c = conv.get_or_insert_with(|| Conversation {
-            id: self.conversations.fetch_add(1, Ordering::Relaxed),
+            // Run-wide ids: shard K's i-th conversation is i·N + K.
+            id: {
+                let local = self.conversations.fetch_add(1, Ordering::Relaxed);
+                self.plan.shard.map_or(local, |s| s.global_seq(local))
+            },
             ..Conversation::default()
         });
         if c.turn == 0 {
