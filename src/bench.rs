@@ -184,6 +184,8 @@ pub struct Session {
     slices: Vec<engine::EngineOutcome>,
     run_id: String,
     live: LiveRun,
+    /// Arrival offsets of a replayed trace, built once.
+    trace_offsets: Option<Arc<[Duration]>>,
 }
 
 impl Session {
@@ -267,6 +269,7 @@ impl Session {
             slices: Vec::new(),
             run_id,
             live,
+            trace_offsets: cfg.workload.trace.as_ref().map(|t| t.offsets().into()),
         })
     }
 
@@ -286,6 +289,7 @@ impl Session {
             turns: cfg.workload.turns,
             retry: cfg.client.retry,
             cold_connections: cfg.client.cold_connections,
+            trace_offsets: self.trace_offsets.clone(),
         });
         let outcome = engine::run(self.transport.clone(), plan, self.tx.clone(), controls).await;
         self.slices.push(outcome);
@@ -408,6 +412,15 @@ pub fn build_workload(cfg: &BenchConfig) -> Result<Workload, BenchError> {
     let output = w.output.unwrap_or(TokenLengths::Fixed {
         n: cfg.output_tokens,
     });
+    if let Some(t) = &w.trace {
+        let tok = w.tokenizer.as_ref().map(Tokenizer::load).transpose();
+        let tok = tok.map_err(|e| ConfigError(e.0))?;
+        return Ok(crate::trace::prompts::workload(
+            &t.requests,
+            tok.as_ref(),
+            cfg.seed,
+        ));
+    }
     let Some(spec) = &w.tokenizer else {
         return Ok(Workload::words(count, cfg.input_tokens, &output, cfg.seed));
     };

@@ -506,6 +506,13 @@ impl BenchArgs {
             (Some(n), None) => StopCondition::Requests(n),
             (None, None) => StopCondition::Requests(100),
         };
+        let workload = self
+            .shape
+            .to_options(&self.input_tokens, &self.output_tokens, self.seed)?;
+        let stop = match &workload.trace {
+            Some(t) => trace_stop(t.requests.len(), self.warmup)?,
+            None => stop,
+        };
         let cfg = BenchConfig {
             url: normalize_base_url(url)?,
             model,
@@ -528,9 +535,7 @@ impl BenchArgs {
                 api_version: self.api_version.clone(),
                 scrape_every: Some(self.scrape_interval),
             },
-            workload: self
-                .shape
-                .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
+            workload,
             results: self.results.to_options()?,
             client: ClientOptions {
                 retry: RetryPolicy {
@@ -545,6 +550,16 @@ impl BenchArgs {
         };
         Ok(self.shape.apply_to(cfg))
     }
+}
+
+/// A trace replays every request of its window: the first `warmup` are
+/// warmup, the rest measured.
+fn trace_stop(requests: usize, warmup: u64) -> Result<StopCondition> {
+    let n = requests as u64;
+    if warmup >= n {
+        anyhow::bail!("--warmup {warmup} leaves no measured request of the {n} in the trace window; lower --warmup (e.g. --warmup 0)");
+    }
+    Ok(StopCondition::Requests(n - warmup))
 }
 
 impl MockArgs {
@@ -672,14 +687,15 @@ pub(crate) fn client_threads(args: &BenchArgs, targets: u32) -> Option<usize> {
         return args.threads;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let open_uncapped = args.shape.rate.is_some() && args.shape.max_concurrency.is_none();
+    let open = args.shape.rate.is_some() || args.shape.trace.is_some();
+    let open_uncapped = open && args.shape.max_concurrency.is_none();
     if open_uncapped {
         return Some(cpus);
     }
     let per_target = args
         .shape
         .max_concurrency
-        .filter(|_| args.shape.rate.is_some())
+        .filter(|_| open)
         .or(args.shape.users)
         .unwrap_or_else(|| args.concurrency.iter().copied().max().unwrap_or(1));
     let in_flight = per_target.saturating_mul(targets.max(1));

@@ -31,6 +31,7 @@ pub mod summary;
 pub mod sweep;
 pub mod sys;
 pub mod timer;
+pub mod trace;
 pub mod tui;
 
 use std::time::Duration;

@@ -63,6 +63,7 @@ async fn run_turns_shaped(
         first_seq: 0,
         retry: Default::default(),
         cold_connections: false,
+        trace_offsets: None,
     });
     let (tx, rx) = mpsc::channel();
     throtl::engine::run(transport, plan, tx, Controls::default()).await;

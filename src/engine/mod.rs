@@ -108,6 +108,9 @@ pub struct LoadPlan {
     /// connections are opened ahead of the load and warmup is not extended
     /// to every user.
     pub cold_connections: bool,
+    /// Arrival offsets of a replayed trace (open loop with
+    /// [`arrival::ArrivalProcess::Trace`]); request `i` is due at offset `i`.
+    pub trace_offsets: Option<Arc<[Duration]>>,
 }
 
 impl LoadPlan {

@@ -120,7 +120,7 @@ impl PromptSource {
     }
 }
 
-fn splitmix(mut z: u64) -> u64 {
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -348,6 +348,12 @@ impl<'a> PromptBuilder<'a> {
     /// Words the tokenizer confirmed as single tokens.
     pub fn vetted_words(&self) -> usize {
         self.words.len()
+    }
+
+    /// The confirmed words themselves, for prompts of other shapes (trace
+    /// prefix blocks): joined by spaces, each is one token.
+    pub fn words(&self) -> &[&'static str] {
+        &self.words
     }
 
     /// Text of `n` tokens following `prefix` (which has `prefix_tokens`
