@@ -26,9 +26,11 @@ use crate::sim::{EngineFlavor, SimConfig};
 mod monitor;
 mod race;
 mod results;
+mod traffic;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
+pub use traffic::{RecordArgs, TraceAction, TraceArgs, TraceStatsArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
@@ -88,6 +90,10 @@ pub enum Command {
     Compare(CompareArgs),
     /// Stream one prompt to several targets at once, side by side; rank them (--demo: simulators).
     Race(Box<RaceArgs>),
+    /// Proxy a server and write the shape of the traffic (no text) as a trace `bench --trace throtl:FILE` replays.
+    Record(RecordArgs),
+    /// Inspect request traces (Mooncake, Azure, BurstGPT, throtl record).
+    Trace(TraceArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -636,6 +642,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
         Command::Race(args) => race::run_race(&args),
+        Command::Record(args) => traffic::run_record(&args),
+        Command::Trace(args) => traffic::run_trace(&args),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod multi;
 pub mod probe;
 pub mod progress;
 pub mod race;
+pub mod record;
 pub mod report;
 pub mod results;
 pub mod scrape;
