@@ -33,6 +33,9 @@ pub struct RecordArgs {
     /// Words per prefix block of the hash_ids.
     #[arg(long, default_value_t = crate::trace::MOONCAKE_BLOCK_TOKENS, value_name = "N")]
     pub block_tokens: u32,
+    /// Proxy runtime threads (one forwards thousands of streams; more only add hand-offs between threads).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
     /// After Ctrl-C, how long open streams may finish before they are cut.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
@@ -115,7 +118,7 @@ pub fn run_trace(args: &TraceArgs) -> Result<ExitCode> {
 /// Runs `throtl record` until Ctrl-C.
 pub fn run_record(args: &RecordArgs) -> Result<ExitCode> {
     let cfg = args.to_config()?;
-    let rt = super::runtime(None)?;
+    let rt = super::runtime(Some(args.threads))?;
     let mut handle: RecordHandle = rt.block_on(crate::record::start(&cfg))?;
     eprintln!(
         "throtl record: listening on http://{} → {}, writing {}; Ctrl-C to stop",

@@ -155,6 +155,8 @@ pub fn part_path(base: &Path, n: usize) -> PathBuf {
 }
 
 fn run(rx: Receiver<Capture>, a: Analyzer, mut files: Files) -> Result<WriterSummary, RecordError> {
+    // Parsing and hashing can wait; forwarding chunks cannot.
+    crate::sys::lower_thread_priority(10);
     loop {
         let c = match rx.try_recv() {
             Ok(c) => c,
