@@ -306,6 +306,105 @@ fn issue14_record_rotates_keeps_text_on_request_and_stats_sees_sessions() {
     assert_eq!(stats["sessions"]["sessions"], 2);
     assert_eq!(stats["sessions"]["turns"]["max"], 3);
     assert_eq!(stats["input_tokens"]["max"], 4);
+
+    // Replayed, each request's record names its session and turn.
+    let rec = dir.path().join("replay.jsonl");
+    let spec = format!("throtl:{}", joined.display());
+    let cfg = bench_config(
+        &sim.url(),
+        &[
+            "--trace",
+            &spec,
+            "--tokenizer",
+            "words",
+            "--records",
+            rec.to_str().unwrap(),
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(bench(&rt, &cfg).requests.ok, 6);
+    let mut turns: Vec<(u64, u64)> = records(&rec)
+        .iter()
+        .map(|r| {
+            (
+                r["conversation"].as_u64().unwrap(),
+                r["turn"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    turns.sort_unstable();
+    assert_eq!(turns, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+}
+
+/// A child process killed (if still running) and reaped by its own handle,
+/// even when an assertion fails first.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `throtl record` binary: Ctrl-C (SIGINT) flushes every line and says
+/// how many it wrote.
+#[test]
+fn issue14_record_binary_flushes_on_ctrl_c() {
+    use std::io::{BufRead, BufReader, Read};
+    let sim = common::sim(2, 1);
+    let dir = common::tmpdir();
+    let trace = dir.path().join("cli.trace");
+    let mut child = Reaped(
+        std::process::Command::new(common::bin())
+            .args([
+                "record",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &sim.url(),
+                "--out",
+            ])
+            .arg(&trace)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        for _ in 0..3 {
+            let r = c
+                .post(format!("{url}/v1/completions"))
+                .body(r#"{"model":"m","stream":true,"max_tokens":4,"prompt":"a b c"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap();
+        }
+    });
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.0.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("wrote 3 lines (0 with errors)"), "{rest}");
+    let rows = lines(&trace);
+    assert_eq!(rows.len(), 3);
+    assert!(rows
+        .iter()
+        .all(|r| r["protocol"] == "openai-completions" && r["output_tokens"] == 4));
 }
 
 #[test]

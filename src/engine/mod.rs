@@ -328,6 +328,10 @@ impl Dispatch {
         let mut rec = RequestRecord::new(seq, warmup, scheduled, item.max_tokens as usize + 1);
         rec.held_by_cap = held;
         rec.local_input_tokens = item.input_tokens;
+        if let Some((conversation, turn)) = item.session {
+            rec.conversation = Some(conversation);
+            rec.turn = Some(turn);
+        }
         self.measure(&req, &mut rec).await;
         self.sink.send(rec).is_ok()
     }

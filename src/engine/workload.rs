@@ -230,6 +230,9 @@ pub struct WorkItem {
     /// A dataset `messages` record's own message list (chat protocols send
     /// it instead of `prompt` as one user message).
     pub messages: Option<Vec<ChatMessage>>,
+    /// A replayed trace's session: (conversation number, turn), written to
+    /// the request's record.
+    pub session: Option<(u64, u32)>,
 }
 
 impl WorkItem {
@@ -258,6 +261,7 @@ impl Workload {
                 max_tokens: 1,
                 input_tokens: None,
                 messages: None,
+                session: None,
             });
         }
         Self {
@@ -276,6 +280,7 @@ impl Workload {
                 max_tokens: output.sample(&mut rng).max(1),
                 input_tokens: None,
                 messages: None,
+                session: None,
             })
             .collect();
         Self::new(items, seed)
@@ -476,6 +481,7 @@ fn build_items(
             max_tokens: spec.output.sample(&mut rng).max(1),
             input_tokens: Some(counted),
             messages: None,
+            session: None,
         });
     }
     Some(items)
@@ -509,6 +515,7 @@ pub fn from_dataset(
                     .unwrap_or_else(|| output.sample(&mut rng).max(1)),
                 input_tokens: Some(u32::try_from(tok.count(&r.prompt)).unwrap_or(u32::MAX)),
                 messages: r.messages.clone(),
+                session: None,
             }
         })
         .collect();

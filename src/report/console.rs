@@ -111,11 +111,15 @@ fn load_lines(s: &mut String, r: &RunReport) {
             let cap = sc
                 .max_concurrency
                 .map_or(String::new(), |c| format!(", cap {c}"));
+            let rate = match sc.trace {
+                // A trace's rate is a measured mean, not a round setting.
+                Some(_) => format!("a mean {:.2}", sc.target_rate_per_s.unwrap_or(0.0)),
+                None => sc.target_rate_per_s.unwrap_or(0.0).to_string(),
+            };
             let _ = writeln!(
                 s,
-                "  load        open loop, {} arrivals at {} req/s{cap} (peak {} in flight), {} warmup excluded",
+                "  load        open loop, {} arrivals at {rate} req/s{cap} (peak {} in flight), {} warmup excluded",
                 sc.arrival.as_deref().unwrap_or("?"),
-                sc.target_rate_per_s.unwrap_or(0.0),
                 l.peak_in_flight,
                 l.warmup_requests
             );

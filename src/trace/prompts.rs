@@ -7,6 +7,8 @@
 //! confirms as single tokens (alone and after a space) are used, and every
 //! prompt is counted to report its exact length.
 
+use std::collections::HashMap;
+
 use super::TraceRequest;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::workload::{splitmix, PromptBuilder, WorkItem, Workload, WORDS};
@@ -15,20 +17,39 @@ use crate::engine::workload::{splitmix, PromptBuilder, WorkItem, Workload, WORDS
 pub fn workload(reqs: &[TraceRequest], tok: Option<&Tokenizer>, seed: u64) -> Workload {
     let builder = tok.map(PromptBuilder::new);
     let words: &[&'static str] = builder.as_ref().map_or(WORDS, |b| b.words());
+    let sessions = sessions(reqs);
     let items = reqs
         .iter()
+        .zip(sessions)
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, (r, session))| {
             let prompt = prompt(r, i as u64, words, seed);
             WorkItem {
                 input_tokens: tok.map(|t| u32::try_from(t.count(&prompt)).unwrap_or(u32::MAX)),
                 prompt,
                 max_tokens: r.output_tokens.max(1),
                 messages: None,
+                session,
             }
         })
         .collect();
     Workload::new(items, seed)
+}
+
+/// Each request's (conversation number, turn): conversations numbered in
+/// order of first appearance, turns in arrival order within each.
+fn sessions(reqs: &[TraceRequest]) -> Vec<Option<(u64, u32)>> {
+    let mut seen: HashMap<&str, (u64, u32)> = HashMap::new();
+    reqs.iter()
+        .map(|r| {
+            let id = r.conversation.as_deref()?;
+            let next = seen.len() as u64;
+            let e = seen.entry(id).or_insert((next, 0));
+            let out = *e;
+            e.1 += 1;
+            Some(out)
+        })
+        .collect()
 }
 
 /// The prompt of request `index`: its blocks' words (the last block cut to
