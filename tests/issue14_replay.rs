@@ -168,6 +168,26 @@ fn issue14_bad_input_names_file_line_and_field() {
         "{e}"
     );
 
+    // Flags the trace decides are refused, not silently ignored.
+    for flag in [
+        ["-c", "8"],
+        ["--input-tokens", "64"],
+        ["--rate", "3"],
+        ["--turns", "2"],
+    ] {
+        let argv = [
+            "throtl",
+            "bench",
+            "--url",
+            "http://127.0.0.1:1",
+            "--trace",
+            "mooncake:x",
+            flag[0],
+            flag[1],
+        ];
+        let e = Cli::try_parse_from_checked(argv.map(Into::into).to_vec()).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{flag:?}: {e}");
+    }
     let window = format!("mooncake:{}", fixture("mooncake.jsonl").display());
     let e = bench_config(
         "http://127.0.0.1:1",
