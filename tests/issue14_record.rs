@@ -456,3 +456,71 @@ fn issue14_trace_stats_summarises_each_fixture() {
     assert_eq!(s["prefix"]["reused_blocks"], 74);
     assert!(s["prefix"]["token_reuse_ratio"].as_f64().unwrap() > 0.4);
 }
+
+/// Failures on the upstream's side pass through and are recorded: a
+/// connection dropped mid-stream, a 500; and NDJSON streams (Ollama) are
+/// counted too.
+#[test]
+fn issue14_record_passes_upstream_failures_and_ndjson_through() {
+    let broken = throtl::sim::start(throtl::sim::SimConfig {
+        ttft: Duration::from_millis(2),
+        itl: Duration::from_millis(1),
+        faults: throtl::sim::faults::FaultConfig {
+            disconnect_rate: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = common::tmpdir();
+    let trace = dir.path().join("broken.trace");
+    let got = with_proxy(&record_config(&broken.url(), &trace), |url, rt| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .body(r#"{"model":"m","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"x"}]}"#)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.is_err())
+        })
+    });
+    assert_eq!(got.0, 200);
+    let rows = lines(&trace);
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("upstream stream broke") || e.contains("not finished")),
+        "{}: client saw a broken body: {}",
+        rows[0],
+        got.1
+    );
+
+    let ollama = throtl::sim::start(throtl::sim::SimConfig {
+        ttft: Duration::from_millis(2),
+        itl: Duration::from_millis(1),
+        engine: throtl::sim::EngineFlavor::Ollama,
+        ..Default::default()
+    })
+    .unwrap();
+    let trace = dir.path().join("ollama.trace");
+    with_proxy(&record_config(&ollama.url(), &trace), |url, rt| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/api/chat"))
+                .body(r#"{"model":"m","options":{"num_predict":6},"messages":[{"role":"user","content":"a b c d"}]}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap();
+        })
+    });
+    let rows = lines(&trace);
+    assert_eq!(rows[0]["protocol"], "ollama-chat");
+    assert_eq!(rows[0]["stream"], true);
+    assert_eq!(rows[0]["prompt_tokens"], 4);
+    assert_eq!(rows[0]["max_tokens"], 6);
+    assert_eq!(rows[0]["output_tokens"], 6, "{}", rows[0]);
+}

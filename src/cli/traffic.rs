@@ -95,6 +95,9 @@ pub struct TraceStatsArgs {
     /// Print one JSON object (with every per-second and per-minute count) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML page with charts (arrivals per second, length histograms, sessions).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// Runs `throtl trace`.
@@ -106,6 +109,10 @@ pub fn run_trace(args: &TraceArgs) -> Result<ExitCode> {
     };
     let plan = TracePlan::load(&s.trace, &options)?;
     let stats = crate::trace::stats::compute(&plan);
+    if let Some(path) = &s.html {
+        std::fs::write(path, crate::results::html::render_trace(&plan, &stats))
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
+    }
     let text = if s.json {
         serde_json::to_string_pretty(&stats)? + "\n"
     } else {
