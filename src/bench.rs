@@ -200,6 +200,8 @@ pub struct Session {
     t0: time::OffsetDateTime,
     /// How long after `t0` measuring started.
     shift: Duration,
+    /// Arrival offsets of a replayed trace, built once.
+    trace_offsets: Option<Arc<[Duration]>>,
 }
 
 impl Session {
@@ -300,6 +302,7 @@ impl Session {
             origin,
             t0,
             shift,
+            trace_offsets: cfg.workload.trace.as_ref().map(|t| t.offsets().into()),
         })
     }
 
@@ -322,6 +325,7 @@ impl Session {
             retry: cfg.client.retry,
             cold_connections: cfg.client.cold_connections,
             shard,
+            trace_offsets: self.trace_offsets.clone(),
         });
         let outcome = engine::run(self.transport.clone(), plan, self.tx.clone(), controls).await;
         self.slices.push(outcome);
@@ -496,6 +500,15 @@ pub fn build_workload(cfg: &BenchConfig) -> Result<Workload, BenchError> {
     let output = w.output.unwrap_or(TokenLengths::Fixed {
         n: cfg.output_tokens,
     });
+    if let Some(t) = &w.trace {
+        let tok = w.tokenizer.as_ref().map(Tokenizer::load).transpose();
+        let tok = tok.map_err(|e| ConfigError(e.0))?;
+        return Ok(crate::trace::prompts::workload(
+            &t.requests,
+            tok.as_ref(),
+            cfg.seed,
+        ));
+    }
     let Some(spec) = &w.tokenizer else {
         return Ok(Workload::words(count, cfg.input_tokens, &output, cfg.seed));
     };

@@ -31,9 +31,11 @@ mod race;
 mod results;
 pub use k8s::{CollectArgs, DiscoverArgs, JobArgs, K8sAction, K8sArgs};
 pub use merge::MergeArgs;
+mod traffic;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
+pub use traffic::{RecordArgs, TraceAction, TraceArgs, TraceStatsArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
@@ -113,6 +115,10 @@ pub enum Command {
     K8s(K8sArgs),
     /// Find inference engines in the current kube context (Services, Ingresses, Routes) and probe them.
     Discover(DiscoverArgs),
+    /// Proxy a server and write the shape of the traffic (no text) as a trace `bench --trace throtl:FILE` replays.
+    Record(RecordArgs),
+    /// Inspect request traces (Mooncake, Azure, BurstGPT, throtl record).
+    Trace(TraceArgs),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -576,6 +582,13 @@ impl BenchArgs {
             (Some(n), None) => StopCondition::Requests(n),
             (None, None) => StopCondition::Requests(100),
         };
+        let workload = self
+            .shape
+            .to_options(&self.input_tokens, &self.output_tokens, self.seed)?;
+        let stop = match &workload.trace {
+            Some(t) => trace_stop(t.requests.len(), self.warmup)?,
+            None => stop,
+        };
         let cfg = BenchConfig {
             url: normalize_base_url(url)?,
             model,
@@ -598,9 +611,7 @@ impl BenchArgs {
                 api_version: self.api_version.clone(),
                 scrape_every: Some(self.scrape_interval),
             },
-            workload: self
-                .shape
-                .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
+            workload,
             results: self.results.to_options()?,
             client: ClientOptions {
                 retry: RetryPolicy {
@@ -616,6 +627,16 @@ impl BenchArgs {
         };
         Ok(self.shape.apply_to(cfg))
     }
+}
+
+/// A trace replays every request of its window: the first `warmup` are
+/// warmup, the rest measured.
+fn trace_stop(requests: usize, warmup: u64) -> Result<StopCondition> {
+    let n = requests as u64;
+    if warmup >= n {
+        anyhow::bail!("--warmup {warmup} leaves no measured request of the {n} in the trace window; lower --warmup (e.g. --warmup 0)");
+    }
+    Ok(StopCondition::Requests(n - warmup))
 }
 
 impl MockArgs {
@@ -749,6 +770,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Merge(args) => merge::run_merge(&args),
         Command::K8s(args) => k8s::run_k8s(args),
         Command::Discover(args) => k8s::run_discover(&args),
+        Command::Record(args) => traffic::run_record(&args),
+        Command::Trace(args) => traffic::run_trace(&args),
     }
 }
 
@@ -800,14 +823,15 @@ pub(crate) fn client_threads(args: &BenchArgs, targets: u32) -> Option<usize> {
         return args.threads;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let open_uncapped = args.shape.rate.is_some() && args.shape.max_concurrency.is_none();
+    let open = args.shape.rate.is_some() || args.shape.trace.is_some();
+    let open_uncapped = open && args.shape.max_concurrency.is_none();
     if open_uncapped {
         return Some(cpus);
     }
     let per_target = args
         .shape
         .max_concurrency
-        .filter(|_| args.shape.rate.is_some())
+        .filter(|_| open)
         .or(args.shape.users)
         .unwrap_or_else(|| args.concurrency.iter().copied().max().unwrap_or(1));
     let in_flight = per_target.saturating_mul(targets.max(1));

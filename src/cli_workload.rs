@@ -18,6 +18,7 @@ use crate::engine::workload::TokenLengths;
 use crate::engine::{LoadShape, ThinkTime};
 use crate::slo::Slo;
 use crate::sweep::{SweepAxis, SweepConfig};
+use crate::trace::{ReplayOptions, TracePlan, TraceSpec};
 
 /// Arrival processes of `--arrival`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +95,31 @@ pub struct WorkloadArgs {
     #[arg(long, default_value_t = 95.0, help_heading = "SLO")]
     pub slo_percentile: f64,
 
+    /// Replay a trace at its own timestamps: mooncake:FILE.jsonl, azure:FILE.csv, burstgpt:FILE.csv or throtl:FILE (from `throtl record`).
+    #[arg(long, value_name = "FORMAT:PATH", value_parser = TraceSpec::parse, conflicts_with_all = ["rate", "concurrency", "users", "think_time", "arrival", "burstiness", "dataset", "input_tokens", "output_tokens", "prefix_tokens", "prefix_groups", "turns", "requests", "duration", "ramp_up", "interleave"], help_heading = "Trace")]
+    pub trace: Option<TraceSpec>,
+    /// Replay the trace this many times faster (2 halves every gap).
+    #[arg(
+        long,
+        value_name = "X",
+        requires = "trace",
+        conflicts_with = "trace_rate",
+        help_heading = "Trace"
+    )]
+    pub trace_speed: Option<f64>,
+    /// Replay only arrivals in START..END of trace time (0 = first arrival), e.g. 10m..20m, 30s.., ..5m.
+    #[arg(long, value_name = "START..END", value_parser = crate::trace::parse_window, requires = "trace", help_heading = "Trace")]
+    pub trace_window: Option<(Duration, Option<Duration>)>,
+    /// Replay at most the first N requests (after --trace-window).
+    #[arg(long, value_name = "N", requires = "trace", help_heading = "Trace")]
+    pub trace_max_requests: Option<usize>,
+    /// Rescale the trace's time so its mean rate is R requests/s, keeping the burst structure.
+    #[arg(long, value_name = "R", requires = "trace", help_heading = "Trace")]
+    pub trace_rate: Option<f64>,
+    /// Replay only requests for this model (formats with a model column: burstgpt, throtl).
+    #[arg(long, value_name = "MODEL", requires = "trace", help_heading = "Trace")]
+    pub trace_model: Option<String>,
+
     /// Start from a preset (flags and --config override it).
     #[arg(long, value_enum, help_heading = "Config")]
     pub preset: Option<PresetArg>,
@@ -127,7 +153,37 @@ impl WorkloadArgs {
         }
     }
 
-    fn shape(&self, seed: u64) -> Result<LoadShape, ConfigError> {
+    /// The trace to replay, read and cut now, so a bad file or an empty
+    /// window fails before any output is opened.
+    pub fn trace_plan(&self) -> Result<Option<TracePlan>, ConfigError> {
+        let Some(spec) = &self.trace else {
+            return Ok(None);
+        };
+        let options = ReplayOptions {
+            speed: self.trace_speed,
+            window: self.trace_window,
+            max_requests: self.trace_max_requests,
+            rate: self.trace_rate,
+            model: self.trace_model.clone(),
+        };
+        TracePlan::load(spec, &options)
+            .map(Some)
+            .map_err(|e| ConfigError(e.0))
+    }
+
+    fn shape(&self, seed: u64, trace: Option<&TracePlan>) -> Result<LoadShape, ConfigError> {
+        if let Some(t) = trace {
+            let arrivals = ArrivalConfig {
+                rate: t.offered_rate(),
+                process: ArrivalProcess::Trace,
+                seed,
+                ramp_up: Duration::ZERO,
+            };
+            return Ok(LoadShape::Open {
+                arrivals,
+                max_concurrency: self.max_concurrency,
+            });
+        }
         let ramp_up = self.ramp_up.unwrap_or_default();
         match self.rate {
             Some(rate) => {
@@ -170,8 +226,10 @@ impl WorkloadArgs {
             s => Some(TokenizerSpec::parse(s)),
         };
         let fixed = |t: &TokenLengths| matches!(t, TokenLengths::Fixed { .. });
+        let trace = self.trace_plan()?;
         Ok(WorkloadOptions {
-            shape: self.shape(seed)?,
+            shape: self.shape(seed, trace.as_ref())?,
+            trace,
             ramp_up: self.ramp_up.unwrap_or_default(),
             input: (!fixed(input)).then_some(*input),
             output: (!fixed(output)).then_some(*output),
@@ -235,6 +293,9 @@ pub struct InitArgs {
 
 /// Runs `throtl sweep`.
 pub fn run_sweep(args: &SweepArgs) -> Result<ExitCode> {
+    if args.bench.shape.trace.is_some() {
+        bail!("--trace replays one trace at its own timestamps; sweep the replay speed by running bench with --trace-speed or --trace-rate instead");
+    }
     let axis = args.axis()?;
     let rate_sweep = !args.rates.is_empty() && args.bench.shape.max_concurrency.is_none();
     let threads = if rate_sweep && args.bench.threads.is_none() {

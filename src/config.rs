@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::api::ApiKind;
-use crate::engine::arrival::Arrivals;
+use crate::engine::arrival::{ArrivalProcess, Arrivals};
 use crate::engine::dataset::DatasetSpec;
 use crate::engine::tokenizer::TokenizerSpec;
 use crate::engine::workload::TokenLengths;
@@ -206,6 +206,10 @@ pub struct WorkloadOptions {
     pub slos: Vec<Slo>,
     /// Percentile the SLOs are judged at (e.g. 95).
     pub slo_percentile: f64,
+    /// A trace replayed at its own timestamps (`--trace`), read and cut
+    /// before the run; the open loop's arrivals are then
+    /// [`ArrivalProcess::Trace`].
+    pub trace: Option<crate::trace::TracePlan>,
 }
 
 impl Default for WorkloadOptions {
@@ -222,6 +226,7 @@ impl Default for WorkloadOptions {
             turns: 1,
             slos: Vec::new(),
             slo_percentile: 95.0,
+            trace: None,
         }
     }
 }
@@ -234,7 +239,17 @@ impl WorkloadOptions {
             max_concurrency,
         } = &self.shape
         {
-            Arrivals::new(arrivals).map_err(|e| ConfigError(e.0))?;
+            match (arrivals.process, &self.trace) {
+                (ArrivalProcess::Trace, None) => {
+                    return Err(ConfigError(
+                        "trace arrivals need a trace: add --trace FORMAT:PATH".into(),
+                    ))
+                }
+                (ArrivalProcess::Trace, Some(_)) => {}
+                _ => {
+                    Arrivals::new(arrivals).map_err(|e| ConfigError(e.0))?;
+                }
+            }
             if *max_concurrency == Some(0) {
                 return Err(ConfigError(
                     "--max-concurrency must be at least 1 (leave it out for no cap)".into(),
@@ -248,6 +263,9 @@ impl WorkloadOptions {
             return Err(ConfigError(
                 "--turns runs each conversation's turns one after another per user, so it needs a closed loop: use --concurrency or --users (with --think-time) instead of --rate".into(),
             ));
+        }
+        if self.trace.is_some() {
+            self.validate_trace()?;
         }
         if self.prefix_groups == 0 {
             return Err(ConfigError("--prefix-groups must be at least 1".into()));
@@ -270,6 +288,32 @@ impl WorkloadOptions {
                     .is_some_and(|i| !matches!(i, TokenLengths::Fixed { .. })))
         {
             return Err(ConfigError("this workload needs a tokenizer: add --tokenizer cl100k_base (or a tokenizer.json path)".into()));
+        }
+        Ok(())
+    }
+}
+
+impl WorkloadOptions {
+    /// A trace brings its own arrivals, lengths and prefixes.
+    fn validate_trace(&self) -> Result<(), ConfigError> {
+        let open_trace = matches!(
+            self.shape,
+            LoadShape::Open { arrivals, .. } if arrivals.process == ArrivalProcess::Trace
+        );
+        if !open_trace {
+            return Err(ConfigError(
+                "--trace replays arrivals at the trace's timestamps (an open loop); drop --concurrency, --users and --rate".into(),
+            ));
+        }
+        if self.dataset.is_some() || self.prefix_tokens > 0 || self.turns > 1 {
+            return Err(ConfigError(
+                "--trace sets prompt lengths and shared prefixes itself; drop --dataset, --prefix-tokens and --turns".into(),
+            ));
+        }
+        if !self.ramp_up.is_zero() {
+            return Err(ConfigError(
+                "--ramp-up would distort the trace's arrivals; use --trace-window to skip its start instead".into(),
+            ));
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod multi;
 pub mod probe;
 pub mod progress;
 pub mod race;
+pub mod record;
 pub mod report;
 pub mod results;
 pub mod scrape;
@@ -34,6 +35,7 @@ pub mod summary;
 pub mod sweep;
 pub mod sys;
 pub mod timer;
+pub mod trace;
 pub mod tui;
 
 use std::time::Duration;

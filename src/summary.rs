@@ -9,7 +9,7 @@ use crate::report::{
     ClientChecks, ConnectionReport, Environment, Latencies, LoadInfo, RequestCounts, RetryReport,
     RunReport, RunStatus, TargetInfo, Throughput, TokenTotals, RUN_SCHEMA,
 };
-use crate::report::{ScheduleReport, WorkloadReport};
+use crate::report::{ScheduleReport, TraceReplayReport, WorkloadReport};
 use crate::slo::SloReport;
 use crate::stats::{ArrivalCounts, AttemptCounts, Stats, LATE_AFTER};
 
@@ -181,6 +181,11 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
         held_by_cap: a.held,
         not_sent_interrupted: a.not_sent,
         late_after_ms: LATE_AFTER.as_secs_f64() * 1000.0,
+        trace: cfg
+            .workload
+            .trace
+            .as_ref()
+            .map(|t| trace_report(t, s.send_lag.distribution(1000.0))),
     };
     match cfg.workload.shape {
         LoadShape::Closed { think: Some(t) } => {
@@ -199,6 +204,7 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
                 ArrivalProcess::Constant => ("constant", None),
                 ArrivalProcess::Poisson => ("poisson", None),
                 ArrivalProcess::Gamma { cv } => ("gamma", Some(cv)),
+                ArrivalProcess::Trace => ("trace", None),
             };
             r.arrival = Some(name.into());
             r.burstiness_cv = cv;
@@ -207,11 +213,38 @@ fn schedule_report(cfg: &BenchConfig, s: &Stats, window: f64) -> ScheduleReport 
     r
 }
 
+fn trace_report(
+    t: &crate::trace::TracePlan,
+    lateness_ms: crate::stats::Distribution,
+) -> TraceReplayReport {
+    let o = &t.options;
+    TraceReplayReport {
+        source: t.spec.label(),
+        lines_in_file: t.lines_in_file,
+        requests: t.requests.len(),
+        duration_s: t.span().as_secs_f64(),
+        trace_rate_per_s: t.offered_rate(),
+        speed: o.speed,
+        rate: o.rate,
+        window_s: o
+            .window
+            .map(|(a, b)| (a.as_secs_f64(), b.map(|b| b.as_secs_f64()))),
+        max_requests: o.max_requests,
+        model: o.model.clone(),
+        lateness_ms,
+    }
+}
+
 fn workload_report(cfg: &BenchConfig, s: &Stats, distinct_prompts: usize) -> WorkloadReport {
     let c = &s.input_check;
     WorkloadReport {
         tokenizer: cfg.workload.tokenizer.as_ref().map(|t| t.name()),
         source: match &cfg.workload.dataset {
+            None if cfg.workload.trace.is_some() => cfg
+                .workload
+                .trace
+                .as_ref()
+                .map_or_else(String::new, |t| format!("trace {}", t.spec.label())),
             None => "synthetic".into(),
             Some(DatasetSpec::Jsonl(p)) => format!("jsonl:{}", p.display()),
             Some(DatasetSpec::Sharegpt(p)) => format!("sharegpt:{}", p.display()),

@@ -14,6 +14,25 @@ pub fn cpu_time() -> Option<Duration> {
     Some(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
+/// Lowers the scheduling priority of the calling thread by `nice` steps
+/// (Linux: a thread has its own nice value), so background work such as
+/// `throtl record`'s writer yields the CPU to threads on a latency path.
+/// False where it is not supported or refused.
+pub fn lower_thread_priority(nice: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        // SAFETY: setpriority only reads its arguments.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        false
+    }
+}
+
 /// Peak resident set size of this process in bytes (Linux `VmHWM`).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -64,6 +64,7 @@ async fn run_turns_shaped(
         retry: Default::default(),
         cold_connections: false,
         shard: None,
+        trace_offsets: None,
     });
     let (tx, rx) = mpsc::channel();
     throtl::engine::run(transport, plan, tx, Controls::default()).await;

@@ -143,6 +143,7 @@ fn plan(
         retry: Default::default(),
         cold_connections: false,
         shard,
+        trace_offsets: None,
     })
 }
 
@@ -695,14 +696,23 @@ async fn issue15_conversations_stay_whole_on_one_shard() {
     let mut seen = BTreeSet::new();
     for k in 0..2 {
         let slice = ShardSlice { index: k, count: 2 };
-        let mut p = (*plan(LoadShape::Closed { think: None }, StopCondition::Requests(slice.share(24)), Some(slice), 4)).clone();
+        let mut p = (*plan(
+            LoadShape::Closed { think: None },
+            StopCondition::Requests(slice.share(24)),
+            Some(slice),
+            4,
+        ))
+        .clone();
         p.turns = 3;
         let (tx, rx) = mpsc::channel();
         throtl::engine::run(Arc::clone(&transport), Arc::new(p), tx, Controls::default()).await;
         let recs: Vec<RequestRecord> = rx.try_iter().collect();
         let mut turns: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
         for r in &recs {
-            turns.entry(r.conversation.unwrap()).or_default().push(r.turn.unwrap());
+            turns
+                .entry(r.conversation.unwrap())
+                .or_default()
+                .push(r.turn.unwrap());
         }
         for (conv, mut t) in turns {
             // Every conversation of this shard is its own (ids i·N + K) and

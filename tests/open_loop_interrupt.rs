@@ -65,6 +65,7 @@ async fn issue4_interrupt_while_waiting_for_a_slot_accounts_every_due_arrival() 
         retry: Default::default(),
         cold_connections: false,
         shard: None,
+        trace_offsets: None,
     });
     let controls = Controls::default();
     let stopper = interrupt_after(&controls, Duration::from_millis(300));

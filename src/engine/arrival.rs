@@ -4,8 +4,10 @@
 //! repeatable. `constant` spaces arrivals exactly `1/rate` apart; `poisson`
 //! draws exponential gaps (CV 1); `gamma` draws gamma gaps with mean
 //! `1/rate` and a chosen coefficient of variation (CV > 1 is burstier than
-//! Poisson, CV < 1 more regular).
+//! Poisson, CV < 1 more regular). A replayed trace (`--trace`) brings its
+//! own offsets instead: [`Schedule`] serves either to the open loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -26,6 +28,9 @@ pub enum ArrivalProcess {
         /// Coefficient of variation of the gaps (`--burstiness`).
         cv: f64,
     },
+    /// The arrival times of a replayed trace (`--trace`); `rate` is then the
+    /// trace's mean rate, for planning and reports only.
+    Trace,
 }
 
 /// A fully specified arrival schedule.
@@ -76,6 +81,11 @@ impl Arrivals {
             ArrivalProcess::Constant => Gaps::Constant(mean),
             ArrivalProcess::Poisson => Gaps::Exp(exp(cfg.rate)?),
             ArrivalProcess::Gamma { cv } => Gaps::Gamma(gamma(cv, mean)?),
+            ArrivalProcess::Trace => {
+                return Err(ArrivalError(
+                    "trace arrivals come from the trace's own timestamps, not a generator".into(),
+                ))
+            }
         };
         Ok(Self {
             rng: SmallRng::seed_from_u64(cfg.seed),
@@ -98,6 +108,49 @@ impl Arrivals {
     pub fn next_offset(&mut self) -> Duration {
         self.full_rate_time += self.next_gap();
         Duration::from_secs_f64(ramp_time(self.full_rate_time, self.ramp_s))
+    }
+}
+
+/// When each arrival of an open loop is due: drawn from a process
+/// (endless), or a trace's own offsets (ends with the trace).
+pub enum Schedule {
+    /// A seeded arrival process.
+    Drawn(Arrivals),
+    /// A trace's offsets from the start of the run, in order.
+    Trace {
+        /// The offsets.
+        offsets: Arc<[Duration]>,
+        /// Index of the next one.
+        next: usize,
+    },
+}
+
+impl Schedule {
+    /// The schedule of `cfg`; a [`ArrivalProcess::Trace`] takes `trace`.
+    pub fn new(cfg: &ArrivalConfig, trace: Option<&Arc<[Duration]>>) -> Result<Self, ArrivalError> {
+        match (cfg.process, trace) {
+            (ArrivalProcess::Trace, Some(t)) => Ok(Schedule::Trace {
+                offsets: Arc::clone(t),
+                next: 0,
+            }),
+            (ArrivalProcess::Trace, None) => Err(ArrivalError(
+                "trace arrivals need the trace's offsets".into(),
+            )),
+            _ => Arrivals::new(cfg).map(Schedule::Drawn),
+        }
+    }
+
+    /// Offset of the next arrival from the start of the run; `None` once a
+    /// trace has no more.
+    pub fn next_offset(&mut self) -> Option<Duration> {
+        match self {
+            Schedule::Drawn(a) => Some(a.next_offset()),
+            Schedule::Trace { offsets, next } => {
+                let o = offsets.get(*next).copied();
+                *next += 1;
+                o
+            }
+        }
     }
 }
 

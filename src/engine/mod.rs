@@ -110,6 +110,9 @@ pub struct LoadPlan {
     pub cold_connections: bool,
     /// The slice of a sharded run this process sends (`--shard K/N`).
     pub shard: Option<ShardSlice>,
+    /// Arrival offsets of a replayed trace (open loop with
+    /// [`arrival::ArrivalProcess::Trace`]); request `i` is due at offset `i`.
+    pub trace_offsets: Option<Arc<[Duration]>>,
 }
 
 /// One slice of a run sharded over several load generators (`--shard K/N`).
@@ -393,6 +396,10 @@ impl Dispatch {
         let mut rec = RequestRecord::new(seq, warmup, scheduled, item.max_tokens as usize + 1);
         rec.held_by_cap = held;
         rec.local_input_tokens = item.input_tokens;
+        if let Some((conversation, turn)) = item.session {
+            rec.conversation = Some(conversation);
+            rec.turn = Some(turn);
+        }
         self.measure(&req, &mut rec).await;
         self.sink.send(rec).is_ok()
     }

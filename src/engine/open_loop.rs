@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::arrival::Arrivals;
+use super::arrival::Schedule;
 use super::record::RequestRecord;
 use super::request::Transport;
 use super::{Controls, Dispatch, EngineOutcome, Issuer, LoadPlan, LoadShape};
@@ -39,7 +39,7 @@ pub async fn run_open_loop(
         return d.outcome(started, &controls.soft);
     };
     // The config was validated, so this only fails on a programming error.
-    let Ok(mut schedule) = Arrivals::new(&arrivals) else {
+    let Ok(mut schedule) = Schedule::new(&arrivals, plan.trace_offsets.as_ref()) else {
         return d.outcome(started, &controls.soft);
     };
     let issuer = Issuer::new(Arc::clone(&plan), controls.soft.clone(), started);
@@ -50,7 +50,11 @@ pub async fn run_open_loop(
     // free by the time the dispatcher reaches it.
     let mut cap_blocked_until: Option<Instant> = None;
     let unsent = loop {
-        let due = started + schedule.next_offset();
+        // A trace ends: every arrival was issued.
+        let Some(offset) = schedule.next_offset() else {
+            break None;
+        };
+        let due = started + offset;
         if !wait_until(&d, due, &controls.soft).await {
             break Some(Unsent::Due(due));
         }
@@ -75,7 +79,9 @@ pub async fn run_open_loop(
         while tasks.try_join_next().is_some() {}
     };
     if let Some(first) = unsent {
-        account_unsent(&d, &issuer, first, || started + schedule.next_offset());
+        account_unsent(&d, &issuer, first, || {
+            schedule.next_offset().map(|o| started + o)
+        });
     }
     while tasks.join_next().await.is_some() {}
     d.outcome(started, &controls.soft)
@@ -95,7 +101,7 @@ fn account_unsent(
     d: &Dispatch,
     issuer: &Issuer,
     first: Unsent,
-    mut next_due: impl FnMut() -> Instant,
+    mut next_due: impl FnMut() -> Option<Instant>,
 ) {
     let stopped = Instant::now();
     let mut pending = match first {
@@ -108,7 +114,9 @@ fn account_unsent(
         Unsent::Due(due) => Some(due),
     };
     loop {
-        let due = pending.take().unwrap_or_else(&mut next_due);
+        let Some(due) = pending.take().or_else(&mut next_due) else {
+            return;
+        };
         if due > stopped {
             return;
         }

@@ -120,7 +120,7 @@ impl PromptSource {
     }
 }
 
-fn splitmix(mut z: u64) -> u64 {
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -230,6 +230,9 @@ pub struct WorkItem {
     /// A dataset `messages` record's own message list (chat protocols send
     /// it instead of `prompt` as one user message).
     pub messages: Option<Vec<ChatMessage>>,
+    /// A replayed trace's session: (conversation number, turn), written to
+    /// the request's record.
+    pub session: Option<(u64, u32)>,
 }
 
 impl WorkItem {
@@ -258,6 +261,7 @@ impl Workload {
                 max_tokens: 1,
                 input_tokens: None,
                 messages: None,
+                session: None,
             });
         }
         Self {
@@ -276,6 +280,7 @@ impl Workload {
                 max_tokens: output.sample(&mut rng).max(1),
                 input_tokens: None,
                 messages: None,
+                session: None,
             })
             .collect();
         Self::new(items, seed)
@@ -348,6 +353,12 @@ impl<'a> PromptBuilder<'a> {
     /// Words the tokenizer confirmed as single tokens.
     pub fn vetted_words(&self) -> usize {
         self.words.len()
+    }
+
+    /// The confirmed words themselves, for prompts of other shapes (trace
+    /// prefix blocks): joined by spaces, each is one token.
+    pub fn words(&self) -> &[&'static str] {
+        &self.words
     }
 
     /// Text of `n` tokens following `prefix` (which has `prefix_tokens`
@@ -470,6 +481,7 @@ fn build_items(
             max_tokens: spec.output.sample(&mut rng).max(1),
             input_tokens: Some(counted),
             messages: None,
+            session: None,
         });
     }
     Some(items)
@@ -503,6 +515,7 @@ pub fn from_dataset(
                     .unwrap_or_else(|| output.sample(&mut rng).max(1)),
                 input_tokens: Some(u32::try_from(tok.count(&r.prompt)).unwrap_or(u32::MAX)),
                 messages: r.messages.clone(),
+                session: None,
             }
         })
         .collect();

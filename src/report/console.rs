@@ -89,6 +89,21 @@ fn server_line(s: &mut String, sm: &crate::scrape::recorder::ServerMetrics) {
     );
 }
 
+fn trace_line(s: &mut String, t: &crate::report::TraceReplayReport) {
+    let _ = writeln!(
+        s,
+        "  trace       {}: {} of {} requests over {:.1} s ({:.2} req/s); lateness p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        t.source,
+        t.requests,
+        t.lines_in_file,
+        t.duration_s,
+        t.trace_rate_per_s,
+        t.lateness_ms.p50,
+        t.lateness_ms.p99,
+        t.lateness_ms.max
+    );
+}
+
 fn load_lines(s: &mut String, r: &RunReport) {
     let l = &r.load;
     match r.schedule.as_ref() {
@@ -96,11 +111,15 @@ fn load_lines(s: &mut String, r: &RunReport) {
             let cap = sc
                 .max_concurrency
                 .map_or(String::new(), |c| format!(", cap {c}"));
+            let rate = match sc.trace {
+                // A trace's rate is a measured mean, not a round setting.
+                Some(_) => format!("a mean {:.2}", sc.target_rate_per_s.unwrap_or(0.0)),
+                None => sc.target_rate_per_s.unwrap_or(0.0).to_string(),
+            };
             let _ = writeln!(
                 s,
-                "  load        open loop, {} arrivals at {} req/s{cap} (peak {} in flight), {} warmup excluded",
+                "  load        open loop, {} arrivals at {rate} req/s{cap} (peak {} in flight), {} warmup excluded",
                 sc.arrival.as_deref().unwrap_or("?"),
-                sc.target_rate_per_s.unwrap_or(0.0),
                 l.peak_in_flight,
                 l.warmup_requests
             );
@@ -113,6 +132,9 @@ fn load_lines(s: &mut String, r: &RunReport) {
                 "  schedule    offered {:.2} req/s, sent {:.2}, completed {:.2}; {} on time, {} late (>{} ms), {} held by the cap{unsent}",
                 sc.offered_rate_per_s, sc.sent_rate_per_s, sc.completed_rate_per_s, sc.on_time, sc.late, sc.late_after_ms, sc.held_by_cap
             );
+            if let Some(t) = &sc.trace {
+                trace_line(s, t);
+            }
         }
         Some(sc) if sc.mode == "users" => {
             let _ = writeln!(

@@ -140,6 +140,38 @@ pub struct ScheduleReport {
     pub not_sent_interrupted: u64,
     /// Lateness threshold (ms).
     pub late_after_ms: f64,
+    /// A replayed trace (`--trace`): what it offered and how faithfully it
+    /// was replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceReplayReport>,
+}
+
+/// How a trace was replayed (`--trace`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TraceReplayReport {
+    /// `FORMAT:PATH`.
+    pub source: String,
+    /// Requests in the file.
+    pub lines_in_file: usize,
+    /// Requests replayed (in the window, after filters): warmup included.
+    pub requests: usize,
+    /// First to last scheduled arrival of the replay (s).
+    pub duration_s: f64,
+    /// The trace's own mean rate after rescaling: (requests − 1) / duration.
+    pub trace_rate_per_s: f64,
+    /// `--trace-speed`, when given.
+    pub speed: Option<f64>,
+    /// `--trace-rate`, when given.
+    pub rate: Option<f64>,
+    /// `--trace-window` start and end in trace time (s), when given.
+    pub window_s: Option<(f64, Option<f64>)>,
+    /// `--trace-max-requests`, when given.
+    pub max_requests: Option<usize>,
+    /// `--trace-model`, when given.
+    pub model: Option<String>,
+    /// Replay fidelity: how late measured arrivals left after their trace
+    /// time (ms; the same samples as `client.send_lag_ms`).
+    pub lateness_ms: Distribution,
 }
 
 /// What the requests asked.
