@@ -26,8 +26,10 @@ use crate::sim::{EngineFlavor, SimConfig};
 mod monitor;
 mod race;
 mod results;
+mod tune;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
+pub use tune::{ObjectiveArg, TuneArgs};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
 
 /// Measure, compare and watch LLM inference servers.
@@ -88,6 +90,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Stream one prompt to several targets at once, side by side; rank them (--demo: simulators).
     Race(Box<RaceArgs>),
+    /// Find the engine configuration that serves your traffic best: launch, measure, confirm, explain (--demo: simulator).
+    Tune(Box<TuneArgs>),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -649,6 +653,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sweep(args) => crate::cli_workload::run_sweep(&args),
         Command::Init(args) => crate::cli_workload::run_init(&args),
         Command::Race(args) => race::run_race(&args),
+        Command::Tune(args) => tune::run_tune(&args),
     }
 }
 

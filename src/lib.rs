@@ -32,6 +32,7 @@ pub mod sweep;
 pub mod sys;
 pub mod timer;
 pub mod tui;
+pub mod tune;
 
 use std::time::Duration;
 
