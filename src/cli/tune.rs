@@ -211,6 +211,9 @@ impl TuneArgs {
             Objective::Throughput if w.rate.is_some() => bail!("--objective throughput runs a closed loop at --concurrency: drop --rate"),
             _ => {}
         }
+        if (1..3).contains(&self.confirm_rounds) {
+            bail!("--confirm-rounds {} can never show a significant difference (each candidate needs 4 samples, the search's and 3 rounds', for p < 0.05): use 3 or more, or 0 to skip the confirm phase", self.confirm_rounds);
+        }
         if !(self.start_rate.is_finite() && self.start_rate > 0.0) {
             bail!("--start-rate must be a positive number of requests per second");
         }
