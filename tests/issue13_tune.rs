@@ -94,6 +94,7 @@ struct ModelEvaluator {
     calls: Arc<AtomicUsize>,
     labels: Vec<String>,
     cancel_after: Option<(usize, Controls)>,
+    infeasible: fn(&Candidate) -> bool,
 }
 
 impl ModelEvaluator {
@@ -105,6 +106,7 @@ impl ModelEvaluator {
             calls: Arc::default(),
             labels: Vec::new(),
             cancel_after: None,
+            infeasible: |_| false,
         }
     }
 }
@@ -120,6 +122,16 @@ impl Evaluator for ModelEvaluator {
                 // A "kill" in the middle of this trial.
                 c.soft.cancel();
             }
+        }
+        if (self.infeasible)(&req.candidate) {
+            return Evaluation {
+                outcome: Outcome::Infeasible {
+                    reason: "ValueError: No available memory for the cache blocks.".into(),
+                },
+                command: None,
+                pgid: None,
+                log: None,
+            };
         }
         Evaluation {
             outcome: Outcome::Measured(Measurement {
@@ -218,6 +230,22 @@ fn issue13_tpe_on_a_large_space_respects_constraints_and_finds_a_good_config() {
 }
 
 #[test]
+fn issue13_three_infeasible_starts_in_a_row_stop_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = "knobs:\n  util: {values: [0.5, 0.6, 0.7, 0.8, 0.9], default: 0.9}\n";
+    let cfg = tune_config(dir.path(), space, "x {port} {util}", &[]);
+    let mut eval = ModelEvaluator::new(0.0, |_| 100.0);
+    eval.infeasible = |c| c["util"].as_f64().unwrap() < 0.75;
+    let r = run(&cfg, &mut eval, &Controls::default());
+    // defaults, then 0.5 0.6 0.7 infeasible: stop before 0.8.
+    assert_eq!(r.trials.len(), 4);
+    let stop = r.stopped.unwrap();
+    assert!(stop.contains("3 configurations in a row failed to start") && stop.contains("No available memory"), "{stop}");
+    assert!(r.confirm.is_none());
+    assert!(throtl::tune::report::render(&r).contains("No available memory"));
+}
+
+#[test]
 fn issue13_resume_after_a_kill_does_not_rerun_finished_trials() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("j.jsonl");
@@ -308,7 +336,7 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
         dir.path(),
         space,
         &launch,
-        &["--objective", "throughput", "-c", "16", "--probe-duration", "1s", "--confirm-rounds", "3", "--journal", journal.to_str().unwrap()],
+        &["--objective", "throughput", "-c", "16", "--probe-duration", "1s", "--confirm-rounds", "3", "--journal", journal.to_str().unwrap(), "--html", dir.path().join("t.html").to_str().unwrap()],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
@@ -335,6 +363,8 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
     assert!(rec.vs_defaults.unwrap().rel > 1.0, "{stdout}");
     assert!(rec.command.contains("--max-num-seqs 16") && rec.command.contains("--port 8000"));
     assert!(std::fs::read_dir(format!("{}.logs", journal.display())).unwrap().count() >= r.trials.len());
+    let html = std::fs::read_to_string(dir.path().join("t.html")).unwrap();
+    assert!(html.contains("Pareto front") && html.contains("No available memory") && html.contains("<svg"));
     // Each measurement is a stored run of the tune's group.
     let group = r.group.unwrap();
     let runs = Command::new(BIN)
@@ -344,6 +374,33 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
         .unwrap();
     let listed = String::from_utf8_lossy(&runs.stdout);
     assert!(listed.lines().count() >= 2, "{listed}");
+}
+
+#[test]
+fn issue13_live_capacity_doubles_then_bisects_to_5pct() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = "knobs:\n  max_num_seqs: {values: [1, 16], default: 1}\n";
+    let launch = format!("{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}", mock());
+    let (out, report) = tune_cli(
+        dir.path(),
+        space,
+        &launch,
+        &["--objective", "capacity", "--slo", "ttft=400ms", "--start-rate", "2", "--probe-duration", "1500ms", "--confirm-rounds", "0"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report.unwrap();
+    let cap = |i: usize| r.trials[i].outcome.measurement().unwrap().clone();
+    let (one, many) = (cap(0), cap(1));
+    assert!(many.value > 2.0 * one.value, "{stdout}");
+    for m in [&one, &many] {
+        let met = m.probes.iter().filter(|p| p.met).map(|p| p.rate).fold(0.0, f64::max);
+        let missed = m.probes.iter().filter(|p| !p.met).map(|p| p.rate).fold(f64::MAX, f64::min);
+        assert_eq!(met, m.value);
+        assert!(missed <= met * 1.05 + 1e-9, "bracket {met}..{missed}: {:?}", m.probes);
+        assert!(m.slo_attainment.is_some() && m.run_ids.len() == m.probes.len());
+    }
+    assert!(stdout.contains("req/s"), "{stdout}");
 }
 
 #[test]

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// Lines of the engine log quoted when it fails.
 pub const LOG_TAIL_LINES: usize = 8;
 
+/// How long to wait for a SIGKILLed group to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
 /// How often the health route is polled.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -189,6 +192,12 @@ impl EngineGuard {
         }
         signal_group(self.pgid, libc::SIGKILL);
         let _ = self.child.wait();
+        // SIGKILL is delivered asynchronously: wait (briefly) until every
+        // member is gone, so that "stopped" means stopped when this returns.
+        let deadline = Instant::now() + KILL_WAIT;
+        while group_alive(self.pgid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -205,10 +214,40 @@ fn signal_group(pgid: i32, sig: i32) {
     }
 }
 
-/// Whether any process of group `pgid` is alive (`kill(-pgid, 0)`).
+/// Whether any process of group `pgid` is alive: `kill(-pgid, 0)`, and on
+/// Linux a member in `/proc` that is not a zombie. Orphans of the engine are
+/// re-parented to PID 1, which in a container may never reap them: their
+/// zombies still answer `kill(0)` but are no longer running.
 pub fn group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    if unsafe { libc::kill(-pgid, 0) } != 0 {
+        return false;
+    }
+    live_member(pgid).unwrap_or(true)
+}
+
+#[cfg(target_os = "linux")]
+fn live_member(pgid: i32) -> Option<bool> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name: state, ppid, pgrp, …
+        let mut f = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace();
+        let (state, _ppid, pgrp) = (f.next(), f.next(), f.next());
+        if pgrp.and_then(|p| p.parse::<i32>().ok()) == Some(pgid) && state != Some("Z") {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn live_member(_pgid: i32) -> Option<bool> {
+    None
 }
 
 /// The last `n` lines of a log file.

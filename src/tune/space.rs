@@ -342,7 +342,7 @@ mod tests {
             r#"
 knobs:
   max_num_seqs: {type: int, min: 16, max: 256, log: true, steps: 5, default: 256}
-  mnbt: {type: int, min: 2048, max: 8192, step: 2048, default: 2048}
+  mnbt: {type: int, min: 2048, max: 8192, step: 2048, default: 8192}
   util: {type: float, min: 0.8, max: 0.9, step: 0.05, default: 0.9}
   dtype: {values: [auto, fp8], default: auto}
   prefix: {type: bool}
