@@ -29,8 +29,8 @@ mod results;
 mod tune;
 pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
-pub use tune::{ObjectiveArg, TuneArgs};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
+pub use tune::{ObjectiveArg, TuneArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
@@ -839,7 +839,9 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
     let rt = runtime(Some(1))?;
     rt.block_on(async {
         if !delay.is_zero() {
-            eprintln!("INFO: loading model weights ({delay:?} start-up); routes answer 503 until then");
+            eprintln!(
+                "INFO: loading model weights ({delay:?} start-up); routes answer 503 until then"
+            );
             tokio::time::sleep(delay).await;
             eprintln!("INFO: Application startup complete.");
         }

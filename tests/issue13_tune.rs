@@ -171,7 +171,12 @@ const SEQS_SPACE: &str = "knobs:\n  max_num_seqs: {values: [4, 16, 64, 128], def
 #[test]
 fn issue13_defaults_clearly_worse_winner_beats_them_within_5pct_of_grid_best() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tune_config(dir.path(), SEQS_SPACE, "x --port {port} --max-num-seqs {max_num_seqs}", &[]);
+    let cfg = tune_config(
+        dir.path(),
+        SEQS_SPACE,
+        "x --port {port} --max-num-seqs {max_num_seqs}",
+        &[],
+    );
     // The grid, computed by the test: max-num-seqs 4 is far too small for 64 clients.
     let grid: Vec<(u32, f64)> = [4, 16, 64, 128]
         .iter()
@@ -185,22 +190,40 @@ fn issue13_defaults_clearly_worse_winner_beats_them_within_5pct_of_grid_best() {
     let rec = r.recommendation.as_ref().unwrap();
     let seqs = int(&rec.knobs, "max_num_seqs");
     let true_value = virtual_throughput(seqs, 64);
-    assert!(true_value >= 0.95 * best, "recommended {seqs}: {true_value} vs grid best {best}");
+    assert!(
+        true_value >= 0.95 * best,
+        "recommended {seqs}: {true_value} vs grid best {best}"
+    );
     let vs = rec.vs_defaults.as_ref().unwrap();
-    assert!(vs.better && vs.p_value < 0.05 && vs.rel_ci.0 > 0.5, "{vs:?}");
+    assert!(
+        vs.better && vs.p_value < 0.05 && vs.rel_ci.0 > 0.5,
+        "{vs:?}"
+    );
     let c = r.confirm.as_ref().unwrap();
     assert_eq!(c.rounds, 3);
     assert!(c.finalists.iter().all(|f| f.samples.len() == 4));
     // 64 and 128 seqs serve 64 clients alike: no false winner between them.
-    assert!(c.verdict.contains("beats the defaults significantly"), "{}", c.verdict);
+    assert!(
+        c.verdict.contains("beats the defaults significantly"),
+        "{}",
+        c.verdict
+    );
     let text = throtl::tune::report::render(&r);
-    assert!(text.contains("vs defaults: +") && text.contains("--max-num-seqs"), "{text}");
+    assert!(
+        text.contains("vs defaults: +") && text.contains("--max-num-seqs"),
+        "{text}"
+    );
 }
 
 #[test]
 fn issue13_equivalent_candidates_name_no_false_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tune_config(dir.path(), SEQS_SPACE, "x --port {port} --max-num-seqs {max_num_seqs}", &[]);
+    let cfg = tune_config(
+        dir.path(),
+        SEQS_SPACE,
+        "x --port {port} --max-num-seqs {max_num_seqs}",
+        &[],
+    );
     // 2 clients: every max-num-seqs ≥ 4 serves them the same.
     let mut eval = ModelEvaluator::new(0.03, |c| virtual_throughput(int(c, "max_num_seqs"), 2));
     let r = run(&cfg, &mut eval, &Controls::default());
@@ -216,7 +239,12 @@ fn issue13_equivalent_candidates_name_no_false_winner() {
 fn issue13_tpe_on_a_large_space_respects_constraints_and_finds_a_good_config() {
     let dir = tempfile::tempdir().unwrap();
     let space = "knobs:\n  max_num_seqs: {type: int, min: 2, max: 256, log: true, steps: 8, default: 2}\n  spare: {type: int, min: 0, max: 9, step: 1, default: 0}\nconstraints: ['max_num_seqs * (spare + 1) <= 512']\n";
-    let cfg = tune_config(dir.path(), space, "x {port} {max_num_seqs} {spare}", &["--trials", "12", "--confirm-rounds", "0"]);
+    let cfg = tune_config(
+        dir.path(),
+        space,
+        "x {port} {max_num_seqs} {spare}",
+        &["--trials", "12", "--confirm-rounds", "0"],
+    );
     let mut eval = ModelEvaluator::new(0.0, |c| virtual_throughput(int(c, "max_num_seqs"), 64));
     let r = run(&cfg, &mut eval, &Controls::default());
     assert_eq!(r.search, "random + tpe");
@@ -239,8 +267,12 @@ fn issue13_three_infeasible_starts_in_a_row_stop_the_search() {
     let r = run(&cfg, &mut eval, &Controls::default());
     // defaults, then 0.5 0.6 0.7 infeasible: stop before 0.8.
     assert_eq!(r.trials.len(), 4);
-    let stop = r.stopped.unwrap();
-    assert!(stop.contains("3 configurations in a row failed to start") && stop.contains("No available memory"), "{stop}");
+    let stop = r.stopped.clone().unwrap();
+    assert!(
+        stop.contains("3 configurations in a row failed to start")
+            && stop.contains("No available memory"),
+        "{stop}"
+    );
     assert!(r.confirm.is_none());
     assert!(throtl::tune::report::render(&r).contains("No available memory"));
 }
@@ -251,7 +283,12 @@ fn issue13_resume_after_a_kill_does_not_rerun_finished_trials() {
     let journal = dir.path().join("j.jsonl");
     let j = journal.display().to_string();
     let space = "knobs:\n  max_num_seqs: {values: [4, 8, 16, 32, 64, 128], default: 4}\n";
-    let cfg = tune_config(dir.path(), space, "x {port} {max_num_seqs}", &["--journal", &j]);
+    let cfg = tune_config(
+        dir.path(),
+        space,
+        "x {port} {max_num_seqs}",
+        &["--journal", &j],
+    );
     let f = |c: &Candidate| virtual_throughput(int(c, "max_num_seqs"), 64);
     // First run "killed" during its fourth trial.
     let controls = Controls::default();
@@ -266,23 +303,59 @@ fn issue13_resume_after_a_kill_does_not_rerun_finished_trials() {
     std::fs::write(&journal, text).unwrap();
     // Without --resume the journal is not overwritten.
     let mut fresh = ModelEvaluator::new(0.0, f);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let e = rt
-        .block_on(throtl::tune::run(&cfg, &mut fresh, &Controls::default(), |_| {}))
+        .block_on(throtl::tune::run(
+            &cfg,
+            &mut fresh,
+            &Controls::default(),
+            |_| {},
+        ))
         .unwrap_err()
         .to_string();
     assert!(e.contains("--resume"), "{e}");
-    let cfg = tune_config(dir.path(), space, "x {port} {max_num_seqs}", &["--journal", &j, "--resume"]);
+    let cfg = tune_config(
+        dir.path(),
+        space,
+        "x {port} {max_num_seqs}",
+        &["--journal", &j, "--resume"],
+    );
     let mut second = ModelEvaluator::new(0.0, f);
     let r2 = run(&cfg, &mut second, &Controls::default());
-    assert!(!second.labels.iter().any(|l| ["trial-0", "trial-1", "trial-2"].contains(&l.as_str())), "{:?}", second.labels);
+    assert!(
+        !second
+            .labels
+            .iter()
+            .any(|l| ["trial-0", "trial-1", "trial-2"].contains(&l.as_str())),
+        "{:?}",
+        second.labels
+    );
     assert_eq!(second.labels[0], "trial-3");
-    assert_eq!(r2.trials.iter().filter(|t| t.label.starts_with("trial-")).count(), 6);
+    assert_eq!(
+        r2.trials
+            .iter()
+            .filter(|t| t.label.starts_with("trial-"))
+            .count(),
+        6
+    );
     assert_eq!(r2.trials[..3], r1.trials[..]);
     // A different space cannot resume this journal.
-    let other = tune_config(dir.path(), SEQS_SPACE, "x {port} {max_num_seqs}", &["--journal", &j, "--resume"]);
+    let other = tune_config(
+        dir.path(),
+        SEQS_SPACE,
+        "x {port} {max_num_seqs}",
+        &["--journal", &j, "--resume"],
+    );
     let e = rt
-        .block_on(throtl::tune::run(&other, &mut ModelEvaluator::new(0.0, f), &Controls::default(), |_| {}))
+        .block_on(throtl::tune::run(
+            &other,
+            &mut ModelEvaluator::new(0.0, f),
+            &Controls::default(),
+            |_| {},
+        ))
         .unwrap_err()
         .to_string();
     assert!(e.contains("another --launch, --space"), "{e}");
@@ -300,22 +373,35 @@ fn tune_cli(dir: &Path, space: &str, launch: &str, extra: &[&str]) -> (Output, O
         .arg(&json)
         .arg("--db")
         .arg(dir.join("h.db"))
-        .args(["--tokenizer", "words", "--output-tokens", "16", "--input-tokens", "32", "--warmup", "2"])
+        .args([
+            "--tokenizer",
+            "words",
+            "--output-tokens",
+            "16",
+            "--input-tokens",
+            "32",
+            "--warmup",
+            "2",
+        ])
         .args(extra)
         .output()
         .unwrap();
-    let report = std::fs::read_to_string(&json).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let report = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     (out, report)
 }
 
-/// Whether `pid` (or, negative, a process group) has a live, non-zombie member.
+/// Whether process group `pgid` has a running member: a process in /proc
+/// with that group that is not a zombie (orphans re-parented to a PID 1 that
+/// reaps slowly linger as zombies, which are no longer running).
 fn alive(pgid: i32) -> bool {
-    if unsafe { libc::kill(-pgid, 0) } != 0 {
-        return false;
-    }
-    // Zombies awaiting a reaper still answer kill(0): look at their state.
-    let stat = std::fs::read_to_string(format!("/proc/{pgid}/stat")).unwrap_or_default();
-    !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let mut f = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let (state, _ppid, pgrp) = (f.next(), f.next(), f.next());
+        pgrp == Some(pgid.to_string().as_str()) && state != Some("Z")
+    })
 }
 
 fn mock() -> String {
@@ -336,10 +422,27 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
         dir.path(),
         space,
         &launch,
-        &["--objective", "throughput", "-c", "16", "--probe-duration", "1s", "--confirm-rounds", "3", "--journal", journal.to_str().unwrap(), "--html", dir.path().join("t.html").to_str().unwrap()],
+        &[
+            "--objective",
+            "throughput",
+            "-c",
+            "16",
+            "--probe-duration",
+            "1s",
+            "--confirm-rounds",
+            "3",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--html",
+            dir.path().join("t.html").to_str().unwrap(),
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = report.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(120));
     // Every engine the tune started is gone.
@@ -349,22 +452,42 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
         assert!(!alive(*g), "engine group {g} is still alive");
     }
     // The OOM configurations are infeasible with vLLM's log line, not retried.
-    let oom: Vec<_> = r.trials.iter().filter(|t| t.outcome.is_infeasible()).collect();
+    let oom: Vec<_> = r
+        .trials
+        .iter()
+        .filter(|t| t.outcome.is_infeasible())
+        .collect();
     assert_eq!(oom.len(), 2, "{stdout}");
     for t in &oom {
         assert_eq!(t.knobs["gpu_memory_utilization"], Value::Float(0.6));
-        assert!(t.outcome.reason().unwrap().contains("No available memory for the cache blocks"));
+        assert!(t
+            .outcome
+            .reason()
+            .unwrap()
+            .contains("No available memory for the cache blocks"));
         assert!(t.log.as_ref().unwrap().exists(), "engine log kept");
     }
-    assert!(stdout.contains("infeasible") && stdout.contains("No available memory"), "{stdout}");
+    assert!(
+        stdout.contains("infeasible") && stdout.contains("No available memory"),
+        "{stdout}"
+    );
     // max-num-seqs 1 serves 16 users far worse than 16.
     let rec = r.recommendation.unwrap();
     assert_eq!(rec.knobs["max_num_seqs"], Value::Int(16), "{stdout}");
     assert!(rec.vs_defaults.unwrap().rel > 1.0, "{stdout}");
     assert!(rec.command.contains("--max-num-seqs 16") && rec.command.contains("--port 8000"));
-    assert!(std::fs::read_dir(format!("{}.logs", journal.display())).unwrap().count() >= r.trials.len());
+    assert!(
+        std::fs::read_dir(format!("{}.logs", journal.display()))
+            .unwrap()
+            .count()
+            >= r.trials.len()
+    );
     let html = std::fs::read_to_string(dir.path().join("t.html")).unwrap();
-    assert!(html.contains("Pareto front") && html.contains("No available memory") && html.contains("<svg"));
+    assert!(
+        html.contains("Pareto front")
+            && html.contains("No available memory")
+            && html.contains("<svg")
+    );
     // Each measurement is a stored run of the tune's group.
     let group = r.group.unwrap();
     let runs = Command::new(BIN)
@@ -380,24 +503,56 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
 fn issue13_live_capacity_doubles_then_bisects_to_5pct() {
     let dir = tempfile::tempdir().unwrap();
     let space = "knobs:\n  max_num_seqs: {values: [1, 16], default: 1}\n";
-    let launch = format!("{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}", mock());
+    let launch = format!(
+        "{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}",
+        mock()
+    );
     let (out, report) = tune_cli(
         dir.path(),
         space,
         &launch,
-        &["--objective", "capacity", "--slo", "ttft=400ms", "--start-rate", "2", "--probe-duration", "1500ms", "--confirm-rounds", "0"],
+        &[
+            "--objective",
+            "capacity",
+            "--slo",
+            "ttft=400ms",
+            "--start-rate",
+            "2",
+            "--probe-duration",
+            "1500ms",
+            "--confirm-rounds",
+            "0",
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = report.unwrap();
     let cap = |i: usize| r.trials[i].outcome.measurement().unwrap().clone();
     let (one, many) = (cap(0), cap(1));
     assert!(many.value > 2.0 * one.value, "{stdout}");
     for m in [&one, &many] {
-        let met = m.probes.iter().filter(|p| p.met).map(|p| p.rate).fold(0.0, f64::max);
-        let missed = m.probes.iter().filter(|p| !p.met).map(|p| p.rate).fold(f64::MAX, f64::min);
+        let met = m
+            .probes
+            .iter()
+            .filter(|p| p.met)
+            .map(|p| p.rate)
+            .fold(0.0, f64::max);
+        let missed = m
+            .probes
+            .iter()
+            .filter(|p| !p.met)
+            .map(|p| p.rate)
+            .fold(f64::MAX, f64::min);
         assert_eq!(met, m.value);
-        assert!(missed <= met * 1.05 + 1e-9, "bracket {met}..{missed}: {:?}", m.probes);
+        assert!(
+            missed <= met * 1.05 + 1e-9,
+            "bracket {met}..{missed}: {:?}",
+            m.probes
+        );
         assert!(m.slo_attainment.is_some() && m.run_ids.len() == m.probes.len());
     }
     assert!(stdout.contains("req/s"), "{stdout}");
@@ -414,17 +569,35 @@ fn issue13_trial_timeout_and_unhealthy_engine_leave_no_process_alive() {
         dir.path(),
         space,
         &launch,
-        &["--objective", "throughput", "--probe-duration", "5s", "--trial-timeout", "2500ms", "--startup-timeout", "1500ms", "--stop-grace", "2s"],
+        &[
+            "--objective",
+            "throughput",
+            "--probe-duration",
+            "5s",
+            "--trial-timeout",
+            "2500ms",
+            "--startup-timeout",
+            "1500ms",
+            "--stop-grace",
+            "2s",
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = report.unwrap();
     assert_eq!(r.trials.len(), 2, "{stdout}");
     let timeout = r.trials[0].outcome.reason().unwrap();
     assert!(timeout.contains("trial timeout"), "{timeout}");
     let unhealthy = r.trials[1].outcome.reason().unwrap();
     assert!(r.trials[1].outcome.is_infeasible());
-    assert!(unhealthy.contains("health route never answered 200") && unhealthy.contains("503"), "{unhealthy}");
+    assert!(
+        unhealthy.contains("health route never answered 200") && unhealthy.contains("503"),
+        "{unhealthy}"
+    );
     for t in &r.trials {
         assert!(!alive(t.pgid.unwrap()), "{} left its engine alive", t.label);
     }
@@ -435,10 +608,29 @@ fn issue13_trial_timeout_and_unhealthy_engine_leave_no_process_alive() {
 #[test]
 fn issue13_ctrl_c_stops_the_running_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let space = write(dir.path(), "space.yaml", "knobs:\n  max_num_seqs: {values: [4, 8], default: 4}\n");
-    let launch = format!("{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}", mock());
+    let space = write(
+        dir.path(),
+        "space.yaml",
+        "knobs:\n  max_num_seqs: {values: [4, 8], default: 4}\n",
+    );
+    let launch = format!(
+        "{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}",
+        mock()
+    );
     let mut child = Command::new(BIN)
-        .args(["tune", "--no-store", "--objective", "throughput", "--probe-duration", "30s", "--tokenizer", "words", "--launch", &launch, "--space"])
+        .args([
+            "tune",
+            "--no-store",
+            "--objective",
+            "throughput",
+            "--probe-duration",
+            "30s",
+            "--tokenizer",
+            "words",
+            "--launch",
+            &launch,
+            "--space",
+        ])
         .arg(&space)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -456,6 +648,10 @@ fn issue13_ctrl_c_stops_the_running_engine() {
         std::thread::sleep(Duration::from_millis(50));
     };
     std::thread::sleep(Duration::from_secs(2)); // measuring now
+    assert!(
+        engines.iter().all(|p| alive(*p)),
+        "the checker sees the running engine"
+    );
     unsafe { libc::kill(tune_pid, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -472,7 +668,11 @@ fn children(pid: i32) -> Vec<i32> {
         .filter(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
             let after = stat.rsplit(')').next().unwrap_or("");
-            after.split_whitespace().nth(1).and_then(|x| x.parse::<i32>().ok()) == Some(pid)
+            after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<i32>().ok())
+                == Some(pid)
         })
         .collect()
 }
@@ -486,11 +686,22 @@ fn issue13_bad_input_errors_name_the_problem() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let s = "knobs:\n  max_num_seqs: {values: [4, 8], default: 4}\n";
-    let e = err(s, "m --port {port} {max_num_seqs} {tp}", &["--objective", "throughput"]);
+    let e = err(
+        s,
+        "m --port {port} {max_num_seqs} {tp}",
+        &["--objective", "throughput"],
+    );
     assert!(e.contains("no knob 'tp'"), "{e}");
     let e = err(s, "m --port {port}", &["--objective", "throughput"]);
-    assert!(e.contains("knob 'max_num_seqs' is not used by --launch"), "{e}");
-    let e = err("knobs: {}\n", "m --port {port}", &["--objective", "throughput"]);
+    assert!(
+        e.contains("knob 'max_num_seqs' is not used by --launch"),
+        "{e}"
+    );
+    let e = err(
+        "knobs: {}\n",
+        "m --port {port}",
+        &["--objective", "throughput"],
+    );
     assert!(e.contains("no knobs"), "{e}");
     let e = err(
         "knobs:\n  a: {values: [1, 2], default: 1}\n  b: {values: [1], default: 5}\nconstraints: ['a * b >= 5']\n",
@@ -498,26 +709,52 @@ fn issue13_bad_input_errors_name_the_problem() {
         &["--objective", "throughput"],
     );
     assert!(e.contains("exclude every candidate"), "{e}");
-    let e = err(s, "m --port {port} {max_num_seqs}", &["--objective", "capacity"]);
+    let e = err(
+        s,
+        "m --port {port} {max_num_seqs}",
+        &["--objective", "capacity"],
+    );
     assert!(e.contains("--slo"), "{e}");
     // --dry-run prints every launch command and starts nothing.
-    let (out, _) = tune_cli(dir.path(), s, "m --port {port} --seqs {max_num_seqs}", &["--objective", "throughput", "--dry-run"]);
+    let (out, _) = tune_cli(
+        dir.path(),
+        s,
+        "m --port {port} --seqs {max_num_seqs}",
+        &["--objective", "throughput", "--dry-run"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("trial-0 (defaults): m --port 8000 --seqs 4") && text.contains("trial-1: m --port 8000 --seqs 8"), "{text}");
+    assert!(
+        text.contains("trial-0 (defaults): m --port 8000 --seqs 4")
+            && text.contains("trial-1: m --port 8000 --seqs 8"),
+        "{text}"
+    );
 }
 
 #[test]
 fn issue13_init_writes_a_space_that_parses_with_real_flag_names() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tune.yaml");
-    let out = Command::new(BIN).args(["tune", "--init"]).arg(&p).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["tune", "--init"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = std::fs::read_to_string(&p).unwrap();
-    for flag in ["--max-num-seqs", "--max-running-requests", "--max-batch-prefill-tokens", "--mem-fraction-static"] {
+    for flag in [
+        "--max-num-seqs",
+        "--max-running-requests",
+        "--max-batch-prefill-tokens",
+        "--mem-fraction-static",
+    ] {
         assert!(text.contains(flag), "{flag}");
     }
     let space = throtl::tune::space::Space::parse(&text).unwrap();
     assert_eq!(space.knobs.len(), 6);
-    let again = Command::new(BIN).args(["tune", "--init"]).arg(&p).output().unwrap();
+    let again = Command::new(BIN)
+        .args(["tune", "--init"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
 }

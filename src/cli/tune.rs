@@ -107,7 +107,12 @@ pub struct TuneArgs {
     #[arg(long, value_enum, default_value = "auto", help_heading = "Measurement")]
     pub api: ApiArg,
     /// Extra header sent with every request (repeatable).
-    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", help_heading = "Measurement")]
+    #[arg(
+        long = "header",
+        short = 'H',
+        value_name = "NAME: VALUE",
+        help_heading = "Measurement"
+    )]
     pub headers: Vec<String>,
     /// Closed-loop users of --objective throughput.
     #[arg(long, short = 'c', default_value_t = 32, help_heading = "Measurement")]
@@ -119,7 +124,12 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 4, help_heading = "Measurement")]
     pub warmup: u64,
     /// Capacity: first rate probed (req/s).
-    #[arg(long, default_value_t = 1.0, value_name = "R", help_heading = "Measurement")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "R",
+        help_heading = "Measurement"
+    )]
     pub start_rate: f64,
     /// Prompt length in tokens: 512, 512:128 (normal), uniform:128-1024.
     #[arg(long, default_value = "256", value_parser = parse_input_tokens, help_heading = "Measurement")]
@@ -173,11 +183,23 @@ impl TuneArgs {
             let exe = std::env::current_exe().context("cannot find this executable for --demo")?;
             (DEMO_SPACE.to_owned(), demo_template(&exe))
         } else {
-            let path = self.space.as_ref().context("--space FILE is required (or --demo)")?;
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --space '{}'", path.display()))?;
-            (text, self.launch.clone().context("--launch TEMPLATE is required (or --demo)")?)
+            let path = self
+                .space
+                .as_ref()
+                .context("--space FILE is required (or --demo)")?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --space '{}'", path.display()))?;
+            (
+                text,
+                self.launch
+                    .clone()
+                    .context("--launch TEMPLATE is required (or --demo)")?,
+            )
         };
-        let shown = self.space.as_ref().map_or("the demo space".into(), |p| format!("'{}'", p.display()));
+        let shown = self
+            .space
+            .as_ref()
+            .map_or("the demo space".into(), |p| format!("'{}'", p.display()));
         let space = Space::parse(&text).map_err(|e| anyhow::anyhow!("--space {shown}: {e}"))?;
         let template = Template::parse(&launch, &space)?;
         Ok((space, text, template))
@@ -251,7 +273,9 @@ impl TuneArgs {
                 api_version: None,
                 scrape_every: Some(Duration::from_secs(1)),
             },
-            workload: self.shape.to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
+            workload: self
+                .shape
+                .to_options(&self.input_tokens, &self.output_tokens, self.seed)?,
             results,
             client: ClientOptions::default(),
         };
@@ -264,7 +288,9 @@ impl TuneArgs {
             Some(j) => PathBuf::from(format!("{}.logs", j.display())),
             None => std::env::temp_dir().join(format!("throtl-tune-{}", crate::scrape::unix_ms())),
         };
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the engine log directory '{}'", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!("cannot create the engine log directory '{}'", dir.display())
+        })?;
         Ok(dir)
     }
 
@@ -273,7 +299,11 @@ impl TuneArgs {
         let (space, space_text, template) = self.space_and_template()?;
         let objective = self.objective();
         self.check_flags(objective)?;
-        let grid = if space.size() <= MAX_GRID { space.grid().len() + 1 } else { 20 };
+        let grid = if space.size() <= MAX_GRID {
+            space.grid().len() + 1
+        } else {
+            20
+        };
         let trials = self.trials.unwrap_or(if self.demo { grid } else { 20 });
         if trials == 0 {
             bail!("--trials must be at least 1 (trial 0 measures the defaults)");
@@ -302,7 +332,11 @@ impl TuneArgs {
             },
             journal: self.journal.clone(),
             resume: self.resume,
-            log_dir: if self.dry_run { std::env::temp_dir() } else { self.log_dir()? },
+            log_dir: if self.dry_run {
+                std::env::temp_dir()
+            } else {
+                self.log_dir()?
+            },
             json_out: self.json.clone(),
             html_out: self.results.html.clone(),
             confirm_rounds: self.confirm_rounds,
@@ -397,7 +431,13 @@ fn dry_run(cfg: &TuneConfig) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let searcher = crate::tune::search::for_space(&cfg.space, cfg.trials, cfg.seed);
-    let _ = writeln!(s, "# objective {}, search {}, at most {} trials (port picked per trial; shown as 8000)", cfg.objective.name(), searcher.name(), cfg.trials);
+    let _ = writeln!(
+        s,
+        "# objective {}, search {}, at most {} trials (port picked per trial; shown as 8000)",
+        cfg.objective.name(),
+        searcher.name(),
+        cfg.trials
+    );
     let d = cfg.space.defaults();
     let _ = writeln!(s, "trial-0 (defaults): {}", cfg.template.render(&d, 8000));
     if searcher.name() == "grid" {
@@ -408,7 +448,11 @@ fn dry_run(cfg: &TuneConfig) -> String {
     } else {
         let _ = writeln!(s, "# trials 1..{}: random starts, then TPE proposals chosen from the measurements (constraints checked before launch)", cfg.trials.saturating_sub(1));
     }
-    let _ = writeln!(s, "# then up to {} confirm rounds of the best {} and the defaults", cfg.confirm_rounds, cfg.finalists);
+    let _ = writeln!(
+        s,
+        "# then up to {} confirm rounds of the best {} and the defaults",
+        cfg.confirm_rounds, cfg.finalists
+    );
     s
 }
 
@@ -416,8 +460,12 @@ fn write_example(path: &Path, force: bool) -> Result<ExitCode> {
     if path.exists() && !force {
         bail!("'{}' exists; pass --force to overwrite it", path.display());
     }
-    std::fs::write(path, EXAMPLE_SPACE).with_context(|| format!("cannot write '{}'", path.display()))?;
-    eprintln!("wrote {}; edit it, then run the vLLM template at its top", path.display());
+    std::fs::write(path, EXAMPLE_SPACE)
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    eprintln!(
+        "wrote {}; edit it, then run the vLLM template at its top",
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,7 +476,9 @@ async fn stop_on_ctrl_c(controls: Controls) {
         return;
     }
     controls.soft.cancel();
-    eprintln!("\ninterrupted: stopping the current trial's engine (Ctrl-C again to abort requests now)");
+    eprintln!(
+        "\ninterrupted: stopping the current trial's engine (Ctrl-C again to abort requests now)"
+    );
     if tokio::signal::ctrl_c().await.is_ok() {
         controls.hard.cancel();
     }

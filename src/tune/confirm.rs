@@ -156,7 +156,14 @@ fn verdict(cfg: &TuneConfig, finalists: Vec<Finalist>, rounds: u32) -> Confirmat
     order.sort_by(|&a, &b| score(&finalists[b]).total_cmp(&score(&finalists[a])));
     let (best, runner) = (order[0], order[1]);
     let defaults = finalists.iter().position(|f| f.is_default);
-    let cmp = |c: usize, b: usize| compare(&finalists[b].samples, &finalists[c].samples, finalists[b].trial, higher);
+    let cmp = |c: usize, b: usize| {
+        compare(
+            &finalists[b].samples,
+            &finalists[c].samples,
+            finalists[b].trial,
+            higher,
+        )
+    };
     let vs_runner_up = cmp(best, runner);
     let beats_runner = vs_runner_up.as_ref().is_some_and(|c| c.better);
     let name = |i: usize| {
@@ -173,7 +180,11 @@ fn verdict(cfg: &TuneConfig, finalists: Vec<Finalist>, rounds: u32) -> Confirmat
             None,
             d,
             if beats_runner {
-                format!("the defaults are best: significantly ahead of {} (p = {:.3})", name(runner), p(&vs_runner_up))
+                format!(
+                    "the defaults are best: significantly ahead of {} (p = {:.3})",
+                    name(runner),
+                    p(&vs_runner_up)
+                )
             } else {
                 format!("the candidates are indistinguishable from the defaults (best other: {}, p = {:.3}); keep the defaults", name(runner), p(&vs_runner_up))
             },
@@ -200,7 +211,9 @@ fn verdict(cfg: &TuneConfig, finalists: Vec<Finalist>, rounds: u32) -> Confirmat
             }
         }
     };
-    let vs_defaults = defaults.filter(|&d| d != recommended).and_then(|d| cmp(recommended, d));
+    let vs_defaults = defaults
+        .filter(|&d| d != recommended)
+        .and_then(|d| cmp(recommended, d));
     Confirmation {
         rounds,
         finalists,

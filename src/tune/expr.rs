@@ -313,7 +313,10 @@ mod tests {
         assert!(t("dtype == 'fp8' && pc"));
         assert!(t("!(tp > 2) || pp == 0"));
         assert!(t("-tp + 3 == 1"));
-        assert_eq!(Expr::parse("tp * pp <= 8").unwrap().knobs(), vec!["tp", "pp"]);
+        assert_eq!(
+            Expr::parse("tp * pp <= 8").unwrap().knobs(),
+            vec!["tp", "pp"]
+        );
         assert!(Expr::parse("tp *").is_err());
         assert!(Expr::parse("(tp").is_err());
         assert!(Expr::parse("tp # 3").is_err());

@@ -229,14 +229,22 @@ pub fn group_alive(pgid: i32) -> bool {
 #[cfg(target_os = "linux")]
 fn live_member(pgid: i32) -> Option<bool> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
         // Fields after the parenthesised name: state, ppid, pgrp, …
-        let mut f = stat.rsplit_once(')').map(|x| x.1).unwrap_or("").split_whitespace();
+        let mut f = stat
+            .rsplit_once(')')
+            .map(|x| x.1)
+            .unwrap_or("")
+            .split_whitespace();
         let (state, _ppid, pgrp) = (f.next(), f.next(), f.next());
         if pgrp.and_then(|p| p.parse::<i32>().ok()) == Some(pgid) && state != Some("Z") {
             return Some(true);
@@ -262,9 +270,17 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
 pub fn failure_reason(tail: &[String]) -> String {
     let looks_bad = |l: &&String| {
         let l = l.to_ascii_lowercase();
-        ["error", "out of memory", "oom", "fatal", "panic", "unrecognized", "invalid"]
-            .iter()
-            .any(|w| l.contains(w))
+        [
+            "error",
+            "out of memory",
+            "oom",
+            "fatal",
+            "panic",
+            "unrecognized",
+            "invalid",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
     };
     tail.iter()
         .rev()
@@ -280,9 +296,13 @@ mod tests {
 
     #[test]
     fn failure_reason_prefers_the_error_line() {
-        let t: Vec<String> = ["INFO loading", "ValueError: No available memory", "INFO bye"]
-            .map(String::from)
-            .to_vec();
+        let t: Vec<String> = [
+            "INFO loading",
+            "ValueError: No available memory",
+            "INFO bye",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(failure_reason(&t), "ValueError: No available memory");
         assert_eq!(failure_reason(&t[..1]), "INFO loading");
         assert!(failure_reason(&[]).contains("nothing"));

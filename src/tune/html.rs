@@ -32,14 +32,37 @@ fn recommendation(r: &TuneReport) -> String {
         s.push_str("<p>No trial was measured.</p>");
         return s;
     };
-    let _ = write!(s, "<p>trial-{}: <b>{} {}</b></p>", rec.trial, fmt_value(rec.value), esc(&r.unit));
+    let _ = write!(
+        s,
+        "<p>trial-{}: <b>{} {}</b></p>",
+        rec.trial,
+        fmt_value(rec.value),
+        esc(&r.unit)
+    );
     if let Some(c) = &rec.vs_defaults {
-        let _ = write!(s, "<p>vs defaults: {:+.1} % (95 % CI {:+.1} % … {:+.1} %, p = {:.3})</p>", c.rel * 100.0, c.rel_ci.0 * 100.0, c.rel_ci.1 * 100.0, c.p_value);
+        let _ = write!(
+            s,
+            "<p>vs defaults: {:+.1} % (95 % CI {:+.1} % … {:+.1} %, p = {:.3})</p>",
+            c.rel * 100.0,
+            c.rel_ci.0 * 100.0,
+            c.rel_ci.1 * 100.0,
+            c.p_value
+        );
     }
     if let Some(c) = &r.confirm {
-        let _ = write!(s, "<p>Confirm phase ({} rounds): {}</p>", c.rounds, esc(&c.verdict));
+        let _ = write!(
+            s,
+            "<p>Confirm phase ({} rounds): {}</p>",
+            c.rounds,
+            esc(&c.verdict)
+        );
     }
-    let _ = write!(s, "<pre>{}</pre><pre>{}</pre>", esc(&rec.command), esc(&rec.yaml));
+    let _ = write!(
+        s,
+        "<pre>{}</pre><pre>{}</pre>",
+        esc(&rec.command),
+        esc(&rec.yaml)
+    );
     for w in &rec.why {
         let _ = write!(s, "<p>{}</p>", esc(w));
     }
@@ -52,11 +75,19 @@ fn trials_table(r: &TuneReport) -> String {
         let knobs = esc(&describe(&t.knobs)) + if t.is_default { " (defaults)" } else { "" };
         match &t.outcome {
             Outcome::Measured(m) => {
-                let att = m.slo_attainment.map(|a| format!("{:.1} %", a * 100.0)).unwrap_or_default();
+                let att = m
+                    .slo_attainment
+                    .map(|a| format!("{:.1} %", a * 100.0))
+                    .unwrap_or_default();
                 let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{att}</td><td>{:.0}</td><td>{:.1}</td><td>{knobs}</td></tr>", esc(&t.label), fmt_value(m.value), m.output_tokens_per_s, m.ttft_p95_ms);
             }
             o => {
-                let _ = write!(s, "<tr><td>{}</td><td colspan=\"4\">{}</td><td>{knobs}</td></tr>", esc(&t.label), esc(&o.reason().unwrap_or_default()));
+                let _ = write!(
+                    s,
+                    "<tr><td>{}</td><td colspan=\"4\">{}</td><td>{knobs}</td></tr>",
+                    esc(&t.label),
+                    esc(&o.reason().unwrap_or_default())
+                );
             }
         }
     }
@@ -70,15 +101,27 @@ fn search_trials(r: &TuneReport) -> impl Iterator<Item = &TrialRecord> {
 
 fn knob_charts(r: &TuneReport) -> String {
     let mut s = String::from("<h2>Objective by knob</h2>");
-    let names: Vec<String> = r.trials.first().map(|t| t.knobs.keys().cloned().collect()).unwrap_or_default();
+    let names: Vec<String> = r
+        .trials
+        .first()
+        .map(|t| t.knobs.keys().cloned().collect())
+        .unwrap_or_default();
     for name in names {
         let points: Vec<(f64, f64)> = search_trials(r)
-            .filter_map(|t| Some((t.knobs.get(&name).and_then(Value::as_f64)?, t.outcome.value()?)))
+            .filter_map(|t| {
+                Some((
+                    t.knobs.get(&name).and_then(Value::as_f64)?,
+                    t.outcome.value()?,
+                ))
+            })
             .collect();
         if points.is_empty() {
             continue;
         }
-        let series = [Series { label: name.clone(), points }];
+        let series = [Series {
+            label: name.clone(),
+            points,
+        }];
         s.push_str(&marked_chart(&name, &name, &r.unit, &series, None));
     }
     s
@@ -89,7 +132,11 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let mut front: Vec<(f64, f64)> = points
         .iter()
         .copied()
-        .filter(|&(t, l)| !points.iter().any(|&(t2, l2)| t2 >= t && l2 <= l && (t2 > t || l2 < l)))
+        .filter(|&(t, l)| {
+            !points
+                .iter()
+                .any(|&(t2, l2)| t2 >= t && l2 <= l && (t2 > t || l2 < l))
+        })
         .collect();
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
     front
@@ -97,12 +144,31 @@ pub fn pareto_front(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 fn pareto(r: &TuneReport) -> String {
     let points: Vec<(f64, f64)> = search_trials(r)
-        .filter_map(|t| t.outcome.measurement().map(|m| (m.output_tokens_per_s, m.ttft_p95_ms)))
+        .filter_map(|t| {
+            t.outcome
+                .measurement()
+                .map(|m| (m.output_tokens_per_s, m.ttft_p95_ms))
+        })
         .collect();
     let front = pareto_front(&points);
     let series = [
-        Series { label: "trials".into(), points },
-        Series { label: "Pareto front".into(), points: front },
+        Series {
+            label: "trials".into(),
+            points,
+        },
+        Series {
+            label: "Pareto front".into(),
+            points: front,
+        },
     ];
-    format!("<h2>Throughput against TTFT p95</h2>{}", marked_chart("Pareto front", "output tok/s", "TTFT p95 (ms)", &series, None))
+    format!(
+        "<h2>Throughput against TTFT p95</h2>{}",
+        marked_chart(
+            "Pareto front",
+            "output tok/s",
+            "TTFT p95 (ms)",
+            &series,
+            None
+        )
+    )
 }

@@ -41,7 +41,13 @@ pub struct Journal {
 
 /// What the journal must match to be resumed: template, space, objective, SLOs.
 pub fn fingerprint(cfg: &TuneConfig) -> String {
-    let slos: Vec<String> = cfg.bench.workload.slos.iter().map(|s| format!("{s:?}")).collect();
+    let slos: Vec<String> = cfg
+        .bench
+        .workload
+        .slos
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
     let text = format!(
         "{}\n{}\n{}\n{}\n{}",
         cfg.template.source(),
@@ -72,7 +78,11 @@ impl Journal {
             });
         };
         let fp = fingerprint(cfg);
-        let old = if cfg.resume { load(&path, &fp)? } else { fresh(&path)? };
+        let old = if cfg.resume {
+            load(&path, &fp)?
+        } else {
+            fresh(&path)?
+        };
         let mut j = Self {
             path: Some(path),
             file: None,
@@ -88,8 +98,12 @@ impl Journal {
     /// Rewrites the file with the header and the first `keep` old records.
     fn rewrite(&mut self, keep: usize) -> Result<(), TuneError> {
         let fp = self.fingerprint.clone();
-        let Some(path) = &self.path else { return Ok(()) };
-        let err = |e: std::io::Error| TuneError::Journal(format!("cannot write --journal '{}': {e}", path.display()));
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let err = |e: std::io::Error| {
+            TuneError::Journal(format!("cannot write --journal '{}': {e}", path.display()))
+        };
         let mut text = serde_json::to_string(&Header {
             schema: JOURNAL_SCHEMA.into(),
             fingerprint: fp,
@@ -140,7 +154,12 @@ impl Journal {
         let line = serde_json::to_string(r).map_err(|e| TuneError::Journal(e.to_string()))? + "\n";
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_data())
-            .map_err(|e| TuneError::Journal(format!("cannot append to --journal '{}': {e}", path.display())))
+            .map_err(|e| {
+                TuneError::Journal(format!(
+                    "cannot append to --journal '{}': {e}",
+                    path.display()
+                ))
+            })
     }
 }
 
@@ -160,7 +179,11 @@ fn load(path: &PathBuf, fp: &str) -> Result<Vec<TrialRecord>, TuneError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TuneError::Journal(format!("cannot read --journal '{shown}': {e}"))),
+        Err(e) => {
+            return Err(TuneError::Journal(format!(
+                "cannot read --journal '{shown}': {e}"
+            )))
+        }
     };
     let mut lines = text.lines();
     let header: Option<Header> = lines.next().and_then(|l| serde_json::from_str(l).ok());

@@ -261,7 +261,11 @@ pub async fn run<E: Evaluator>(
                 break;
             };
             on_trial(&rec);
-            infeasible_run = if rec.outcome.is_infeasible() { infeasible_run + 1 } else { 0 };
+            infeasible_run = if rec.outcome.is_infeasible() {
+                infeasible_run + 1
+            } else {
+                0
+            };
             if infeasible_run >= MAX_INFEASIBLE_IN_A_ROW {
                 state.stop_reason = Some(format!(
                     "stopped: {MAX_INFEASIBLE_IN_A_ROW} configurations in a row failed to start (last: {}); check the template and the space (e.g. memory settings) before tuning further",
@@ -295,7 +299,13 @@ pub async fn run<E: Evaluator>(
             }
         }
     }
-    let report = report::build(cfg, state.records, searcher_name, state.stop_reason, started.elapsed());
+    let report = report::build(
+        cfg,
+        state.records,
+        searcher_name,
+        state.stop_reason,
+        started.elapsed(),
+    );
     report::write_outputs(cfg, &report)?;
     Ok(report)
 }
@@ -324,7 +334,8 @@ impl State<'_> {
             return Some("interrupted".into());
         }
         let budget = self.cfg.budget?;
-        (self.started.elapsed() >= budget).then(|| format!("--budget {} used up", humantime::format_duration(budget)))
+        (self.started.elapsed() >= budget)
+            .then(|| format!("--budget {} used up", humantime::format_duration(budget)))
     }
 
     /// Replays the journal's record of this step, or measures it and appends it.

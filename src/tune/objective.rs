@@ -115,7 +115,12 @@ impl Evaluator for LiveEvaluator<'_> {
     }
 }
 
-fn failed(command: Option<String>, pgid: Option<i32>, log: Option<PathBuf>, reason: String) -> Evaluation {
+fn failed(
+    command: Option<String>,
+    pgid: Option<i32>,
+    log: Option<PathBuf>,
+    reason: String,
+) -> Evaluation {
     Evaluation {
         outcome: Outcome::Failed { reason },
         command,
@@ -125,7 +130,12 @@ fn failed(command: Option<String>, pgid: Option<i32>, log: Option<PathBuf>, reas
 }
 
 /// Measures the objective against the healthy engine at `url`.
-async fn measure(cfg: &TuneConfig, url: &str, req: &EvalRequest, controls: &Controls) -> Result<Measurement, String> {
+async fn measure(
+    cfg: &TuneConfig,
+    url: &str,
+    req: &EvalRequest,
+    controls: &Controls,
+) -> Result<Measurement, String> {
     let base = target(cfg, url).await?;
     match cfg.objective {
         Objective::Capacity => capacity(cfg, &base, req.hint, controls).await,
@@ -133,11 +143,16 @@ async fn measure(cfg: &TuneConfig, url: &str, req: &EvalRequest, controls: &Cont
             let mut b = base.clone();
             b.workload.shape = LoadShape::Closed { think: None };
             let run = bench_once(&b, controls).await?;
-            Ok(measurement(&run, run.throughput.output_tokens_per_s, Vec::new()))
+            Ok(measurement(
+                &run,
+                run.throughput.output_tokens_per_s,
+                Vec::new(),
+            ))
         }
         Objective::Cost => {
             let run = bench_once(&base, controls).await?;
-            let good = run.throughput.output_tokens_per_s * run.slo.as_ref().map_or(1.0, |s| s.attainment);
+            let good =
+                run.throughput.output_tokens_per_s * run.slo.as_ref().map_or(1.0, |s| s.attainment);
             if good <= 0.0 {
                 return Err("no output token met the SLOs at the offered load: the cost per good token is unbounded".into());
             }
@@ -154,9 +169,16 @@ async fn target(cfg: &TuneConfig, url: &str) -> Result<BenchConfig, String> {
     let headers = b.api_options.headers.clone();
     let probed = match (cfg.api, &cfg.model) {
         (Some(_), Some(_)) => None,
-        _ => Some(crate::probe::probe(url, &headers).await.map_err(|e| format!("probing the engine failed: {e}"))?),
+        _ => Some(
+            crate::probe::probe(url, &headers)
+                .await
+                .map_err(|e| format!("probing the engine failed: {e}"))?,
+        ),
     };
-    b.api = cfg.api.or(probed.as_ref().map(|p| p.api_kind())).unwrap_or(b.api);
+    b.api = cfg
+        .api
+        .or(probed.as_ref().map(|p| p.api_kind()))
+        .unwrap_or(b.api);
     b.model = match (&cfg.model, &probed) {
         (Some(m), _) => m.clone(),
         (None, Some(p)) => p.first_model().map_err(|e| e.to_string())?,
@@ -178,7 +200,10 @@ async fn bench_once(b: &BenchConfig, controls: &Controls) -> Result<RunReport, S
 fn open_loop(base: &BenchConfig, rate: f64) -> BenchConfig {
     let mut b = base.clone();
     let (process, max_concurrency) = match base.workload.shape {
-        LoadShape::Open { arrivals, max_concurrency } => (arrivals.process, max_concurrency),
+        LoadShape::Open {
+            arrivals,
+            max_concurrency,
+        } => (arrivals.process, max_concurrency),
         LoadShape::Closed { .. } => (ArrivalProcess::Poisson, None),
     };
     b.workload.shape = LoadShape::Open {
@@ -198,7 +223,12 @@ fn probe_met(run: &RunReport) -> bool {
 }
 
 /// Doubling (or ×1.25 from a hint) then bisection; see the module docs.
-async fn capacity(cfg: &TuneConfig, base: &BenchConfig, hint: Option<f64>, controls: &Controls) -> Result<Measurement, String> {
+async fn capacity(
+    cfg: &TuneConfig,
+    base: &BenchConfig,
+    hint: Option<f64>,
+    controls: &Controls,
+) -> Result<Measurement, String> {
     let c = cfg.capacity;
     let growth = if hint.is_some() { 1.25 } else { 2.0 };
     let mut rate = hint.filter(|h| *h > 0.0).unwrap_or(c.start_rate);

@@ -221,12 +221,20 @@ pub fn build(
     }
 }
 
-fn recommend(cfg: &TuneConfig, trials: &[TrialRecord], confirm: Option<&Confirmation>) -> Option<Recommendation> {
+fn recommend(
+    cfg: &TuneConfig,
+    trials: &[TrialRecord],
+    confirm: Option<&Confirmation>,
+) -> Option<Recommendation> {
     let score = |r: &TrialRecord| r.outcome.value().map(|v| cfg.objective.score(v));
     let (trial, value, vs_defaults) = match confirm {
         Some(c) => {
             let f = &c.finalists[c.recommended];
-            (f.trial, f.mean, c.vs_defaults.clone().filter(|_| !f.is_default))
+            (
+                f.trial,
+                f.mean,
+                c.vs_defaults.clone().filter(|_| !f.is_default),
+            )
         }
         None => {
             let best = trials
@@ -237,7 +245,9 @@ fn recommend(cfg: &TuneConfig, trials: &[TrialRecord], confirm: Option<&Confirma
         }
     };
     let rec = &trials[trial];
-    let defaults = trials.iter().find(|r| r.is_default && r.phase == Phase::Search);
+    let defaults = trials
+        .iter()
+        .find(|r| r.is_default && r.phase == Phase::Search);
     Some(Recommendation {
         trial,
         command: cfg.template.render(&rec.knobs, 8000),
@@ -265,21 +275,34 @@ pub fn why(cfg: &TuneConfig, defaults: Option<&TrialRecord>, rec: &TrialRecord) 
             rec.knobs
                 .iter()
                 .filter(|(k, v)| d.knobs.get(*k) != Some(*v))
-                .map(|(k, v)| format!("{k} {} → {v}", d.knobs.get(k).map(ToString::to_string).unwrap_or_default()))
+                .map(|(k, v)| {
+                    format!(
+                        "{k} {} → {v}",
+                        d.knobs.get(k).map(ToString::to_string).unwrap_or_default()
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
     if rec.is_default {
         out.push("No candidate beat the engine's defaults significantly: keep them.".into());
     } else if !changed.is_empty() {
-        out.push(format!("The recommendation changes {}.", changed.join(", ")));
+        out.push(format!(
+            "The recommendation changes {}.",
+            changed.join(", ")
+        ));
     }
-    let sig = |r: Option<&TrialRecord>| r.and_then(|r| r.outcome.measurement()).and_then(|m| m.signals.clone());
+    let sig = |r: Option<&TrialRecord>| {
+        r.and_then(|r| r.outcome.measurement())
+            .and_then(|m| m.signals.clone())
+    };
     let (Some(d), Some(r)) = (sig(defaults), sig(Some(rec))) else {
         if defaults.is_some_and(|d| d.outcome.is_infeasible()) {
             out.push(format!(
                 "The defaults did not start: {}.",
-                defaults.and_then(|d| d.outcome.reason()).unwrap_or_default()
+                defaults
+                    .and_then(|d| d.outcome.reason())
+                    .unwrap_or_default()
             ));
         }
         return out;
@@ -359,27 +382,79 @@ pub fn fmt_value(v: f64) -> String {
 /// The console report: trials table, confirm verdict, recommendation.
 pub fn render(r: &TuneReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "throtl tune: objective {} ({}), search {}, {} trials in {:.0} s", r.objective.name(), r.unit, r.search, r.trials.len(), r.wall_s);
-    let _ = writeln!(s, "{:<12} {:>14} {:>9} {:>10} {:>10}  knobs / reason", "trial", r.unit, "SLO att.", "out tok/s", "TTFT p95");
+    let _ = writeln!(
+        s,
+        "throtl tune: objective {} ({}), search {}, {} trials in {:.0} s",
+        r.objective.name(),
+        r.unit,
+        r.search,
+        r.trials.len(),
+        r.wall_s
+    );
+    let _ = writeln!(
+        s,
+        "{:<12} {:>14} {:>9} {:>10} {:>10}  knobs / reason",
+        "trial", r.unit, "SLO att.", "out tok/s", "TTFT p95"
+    );
     for t in &r.trials {
         let mark = if t.is_default { " (defaults)" } else { "" };
         match &t.outcome {
             Outcome::Measured(m) => {
-                let att = m.slo_attainment.map(|a| format!("{:.1} %", a * 100.0)).unwrap_or_else(|| "-".into());
-                let _ = writeln!(s, "{:<12} {:>14} {:>9} {:>10.0} {:>10.1}  {}{mark}", t.label, fmt_value(m.value), att, m.output_tokens_per_s, m.ttft_p95_ms, describe(&t.knobs));
+                let att = m
+                    .slo_attainment
+                    .map(|a| format!("{:.1} %", a * 100.0))
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:>14} {:>9} {:>10.0} {:>10.1}  {}{mark}",
+                    t.label,
+                    fmt_value(m.value),
+                    att,
+                    m.output_tokens_per_s,
+                    m.ttft_p95_ms,
+                    describe(&t.knobs)
+                );
             }
             Outcome::Infeasible { reason } => {
-                let _ = writeln!(s, "{:<12} {:>14} {:>9} {:>10} {:>10}  {}{mark}\n{:<12} └ {reason}", t.label, "infeasible", "", "", "", describe(&t.knobs), "");
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:>14} {:>9} {:>10} {:>10}  {}{mark}\n{:<12} └ {reason}",
+                    t.label,
+                    "infeasible",
+                    "",
+                    "",
+                    "",
+                    describe(&t.knobs),
+                    ""
+                );
             }
             Outcome::Failed { reason } => {
-                let _ = writeln!(s, "{:<12} {:>14} {:>9} {:>10} {:>10}  {}{mark}\n{:<12} └ {reason}", t.label, "failed", "", "", "", describe(&t.knobs), "");
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:>14} {:>9} {:>10} {:>10}  {}{mark}\n{:<12} └ {reason}",
+                    t.label,
+                    "failed",
+                    "",
+                    "",
+                    "",
+                    describe(&t.knobs),
+                    ""
+                );
             }
         }
     }
     if let Some(c) = &r.confirm {
         let _ = writeln!(s, "\nconfirm ({} rounds, interleaved):", c.rounds);
         for f in &c.finalists {
-            let _ = writeln!(s, "  trial-{:<4} mean {} {} over {} samples{}", f.trial, fmt_value(f.mean), r.unit, f.samples.len(), if f.is_default { " (defaults)" } else { "" });
+            let _ = writeln!(
+                s,
+                "  trial-{:<4} mean {} {} over {} samples{}",
+                f.trial,
+                fmt_value(f.mean),
+                r.unit,
+                f.samples.len(),
+                if f.is_default { " (defaults)" } else { "" }
+            );
         }
         let _ = writeln!(s, "  verdict: {}", c.verdict);
     }
@@ -388,12 +463,33 @@ pub fn render(r: &TuneReport) -> String {
     }
     match &r.recommendation {
         Some(rec) => {
-            let _ = writeln!(s, "\nrecommended (trial-{}): {} {}", rec.trial, fmt_value(rec.value), r.unit);
+            let _ = writeln!(
+                s,
+                "\nrecommended (trial-{}): {} {}",
+                rec.trial,
+                fmt_value(rec.value),
+                r.unit
+            );
             if let Some(c) = &rec.vs_defaults {
-                let _ = writeln!(s, "  vs defaults: {:+.1} % (95 % CI {:+.1} % … {:+.1} %, Mann–Whitney p = {:.3})", c.rel * 100.0, c.rel_ci.0 * 100.0, c.rel_ci.1 * 100.0, c.p_value);
+                let _ = writeln!(
+                    s,
+                    "  vs defaults: {:+.1} % (95 % CI {:+.1} % … {:+.1} %, Mann–Whitney p = {:.3})",
+                    c.rel * 100.0,
+                    c.rel_ci.0 * 100.0,
+                    c.rel_ci.1 * 100.0,
+                    c.p_value
+                );
             }
             let _ = writeln!(s, "  launch: {}", rec.command);
-            let _ = writeln!(s, "  yaml:\n{}", rec.yaml.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
+            let _ = writeln!(
+                s,
+                "  yaml:\n{}",
+                rec.yaml
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             for w in &rec.why {
                 let _ = writeln!(s, "  why: {w}");
             }

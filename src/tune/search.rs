@@ -129,7 +129,12 @@ impl TpeSearch {
             .iter()
             .skip(n_good)
             .map(|o| &o.candidate)
-            .chain(history.iter().filter(|o| o.score.is_none()).map(|o| &o.candidate))
+            .chain(
+                history
+                    .iter()
+                    .filter(|o| o.score.is_none())
+                    .map(|o| &o.candidate),
+            )
             .collect();
         let dens: Vec<(Vec<f64>, Vec<f64>)> = self
             .space
@@ -177,7 +182,10 @@ fn density(k: &Knob, obs: &[&Candidate]) -> Vec<f64> {
     let mut w = vec![1.0 / n as f64; n]; // prior: one pseudo-observation spread evenly
     let sigma = (n as f64 / 5.0).max(1.0);
     for c in obs {
-        let Some(i) = c.get(&k.name).and_then(|v| k.values.iter().position(|x| x == v)) else {
+        let Some(i) = c
+            .get(&k.name)
+            .and_then(|v| k.values.iter().position(|x| x == v))
+        else {
             continue;
         };
         if k.ordinal {
@@ -212,7 +220,12 @@ mod tests {
     use super::*;
     use crate::tune::space::Value;
 
-    fn run(space: &Space, s: &mut dyn Searcher, n: usize, f: impl Fn(&Candidate) -> f64) -> Vec<Observation> {
+    fn run(
+        space: &Space,
+        s: &mut dyn Searcher,
+        n: usize,
+        f: impl Fn(&Candidate) -> f64,
+    ) -> Vec<Observation> {
         let mut h = vec![Observation {
             candidate: space.defaults(),
             score: Some(f(&space.defaults())),
@@ -220,7 +233,10 @@ mod tests {
         while h.len() < n {
             let Some(c) = s.propose(&h) else { break };
             let score = Some(f(&c));
-            h.push(Observation { candidate: c, score });
+            h.push(Observation {
+                candidate: c,
+                score,
+            });
         }
         h
     }

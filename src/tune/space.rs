@@ -281,9 +281,13 @@ fn knob(name: String, k: KnobSpec) -> Result<Knob, String> {
         }
     };
     if is_bool && !matches!(default, Value::Bool(_)) {
-        return Err(format!("knob '{name}' is boolean but its default is '{default}'"));
+        return Err(format!(
+            "knob '{name}' is boolean but its default is '{default}'"
+        ));
     }
-    let ordinal = values.iter().all(|v| matches!(v, Value::Int(_) | Value::Float(_)));
+    let ordinal = values
+        .iter()
+        .all(|v| matches!(v, Value::Int(_) | Value::Float(_)));
     Ok(Knob {
         name,
         values,
@@ -298,7 +302,9 @@ fn range(name: &str, k: &KnobSpec) -> Result<Vec<Value>, String> {
         return Err(format!("knob '{name}': a range needs 'min' and 'max'"));
     };
     if !(min.is_finite() && max.is_finite() && min <= max) {
-        return Err(format!("knob '{name}': need min <= max, got {min} and {max}"));
+        return Err(format!(
+            "knob '{name}': need min <= max, got {min} and {max}"
+        ));
     }
     let int = k.kind.as_deref() == Some("int");
     let points: Vec<f64> = if k.log {
@@ -314,7 +320,9 @@ fn range(name: &str, k: &KnobSpec) -> Result<Vec<Value>, String> {
         };
         let n = ((max - min) / step + 1e-9).floor() as u64;
         if n > 10_000 {
-            return Err(format!("knob '{name}': the range has {n} points; use a larger step"));
+            return Err(format!(
+                "knob '{name}': the range has {n} points; use a larger step"
+            ));
         }
         (0..=n).map(|i| min + step * i as f64).collect()
     };
@@ -387,8 +395,9 @@ gpus: "1 + prefix"
         )
         .unwrap_err();
         assert!(e.contains("exclude every candidate"), "{e}");
-        let e = Space::parse("knobs: {a: {values: [1, 2], default: 1}}\nconstraints: ['a * tp <= 8']")
-            .unwrap_err();
+        let e =
+            Space::parse("knobs: {a: {values: [1, 2], default: 1}}\nconstraints: ['a * tp <= 8']")
+                .unwrap_err();
         assert!(e.contains("'tp', which is not a knob"), "{e}");
         let e = Space::parse("knobs: {a: {values: [1, 2]}}").unwrap_err();
         assert!(e.contains("no 'default'"), "{e}");

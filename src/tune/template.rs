@@ -85,7 +85,9 @@ impl Template {
             match p {
                 Part::Text(t) => out.push_str(t),
                 Part::Port => out.push_str(&port.to_string()),
-                Part::Knob(k) => out.push_str(&quote(&c.get(k).map(Value::to_string).unwrap_or_default())),
+                Part::Knob(k) => {
+                    out.push_str(&quote(&c.get(k).map(Value::to_string).unwrap_or_default()))
+                }
                 Part::Flag(k, text) => {
                     if matches!(c.get(k), Some(Value::Bool(true))) {
                         out.push_str(text);
@@ -94,15 +96,17 @@ impl Template {
             }
         }
         // A false flag leaves a double space; cosmetic only.
-        out.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+        out.split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
 /// Quotes a value for `sh` unless it is plainly safe.
 pub fn quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
     if safe {
         s.to_owned()
@@ -124,7 +128,10 @@ fn split(src: &str) -> Result<Vec<Part>, String> {
             continue;
         }
         if tail.starts_with('}') {
-            return Err(format!("a '}}' without its '{{' at '{}' (write '}}}}' for a literal brace)", short(tail)));
+            return Err(format!(
+                "a '}}' without its '{{' at '{}' (write '}}}}' for a literal brace)",
+                short(tail)
+            ));
         }
         let end = tail
             .find('}')
@@ -151,8 +158,14 @@ fn placeholder(inner: &str) -> Result<Part, String> {
         Some((n, t)) => (n.trim(), Some(t.to_owned())),
         None => (inner.trim(), None),
     };
-    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
-        return Err(format!("'{{{inner}}}' is not a placeholder: write {{port}}, {{knob}} or {{knob?--flag}}"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "'{{{inner}}}' is not a placeholder: write {{port}}, {{knob}} or {{knob?--flag}}"
+        ));
     }
     Ok(match (name, flag) {
         ("port", None) => Part::Port,
@@ -186,14 +199,19 @@ mod tests {
             "serve --port 8123 --max-num-seqs 8 --served-model-name 'a b' --json '{}'"
         );
         c.insert("prefix".into(), Value::Bool(true));
-        assert!(t.render(&c, 1).contains("--max-num-seqs 8 --enable-prefix-caching --served"));
+        assert!(t
+            .render(&c, 1)
+            .contains("--max-num-seqs 8 --enable-prefix-caching --served"));
     }
 
     #[test]
     fn issue13_template_errors_name_the_problem() {
         let err = |src: &str| Template::parse(src, &space()).unwrap_err().to_string();
         let e = err("serve --port {port} {max_num_seqs} {prefix?-p} {name} --tp {tensor_parallel}");
-        assert!(e.contains("no knob 'tensor_parallel'") && e.contains("knobs: max_num_seqs"), "{e}");
+        assert!(
+            e.contains("no knob 'tensor_parallel'") && e.contains("knobs: max_num_seqs"),
+            "{e}"
+        );
         let e = err("serve --port {port} {max_num_seqs} {name}");
         assert!(e.contains("knob 'prefix' is not used by --launch"), "{e}");
         let e = err("serve {max_num_seqs} {prefix?-p} {name}");

@@ -109,7 +109,9 @@ impl EngineConfig {
             return self.profile.kv_blocks;
         }
         let block = self.engine_profile().kv_bytes_per_token() * f64::from(self.block_size.max(1));
-        (self.kv_budget_bytes().max(0.0) / block).floor().min(f64::from(u32::MAX)) as u32
+        (self.kv_budget_bytes().max(0.0) / block)
+            .floor()
+            .min(f64::from(u32::MAX)) as u32
     }
 
     /// Bytes left for the KV cache on all GPUs: the utilisation's share of
@@ -121,8 +123,11 @@ impl EngineConfig {
         let p = &self.profile;
         let memory = p.gpu_memory_gb * 1e9 * f64::from(p.gpus);
         let profile_kv = f64::from(p.kv_blocks) * p.kv_bytes_per_token() * 16.0;
-        let reserve = (memory * DEFAULT_GPU_MEMORY_UTILIZATION - p.weight_bytes() - profile_kv).max(0.0);
-        let util = self.gpu_memory_utilization.unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
+        let reserve =
+            (memory * DEFAULT_GPU_MEMORY_UTILIZATION - p.weight_bytes() - profile_kv).max(0.0);
+        let util = self
+            .gpu_memory_utilization
+            .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
         memory * util - p.weight_bytes() - reserve
     }
 
@@ -169,7 +174,9 @@ impl EngineConfig {
             .map_err(|e| format!("profile '{}': {e}", self.profile.name))?;
         if let Some(u) = self.gpu_memory_utilization {
             if !(u > 0.0 && u <= 1.0) {
-                return Err(format!("--gpu-memory-utilization must be in (0, 1], got {u}"));
+                return Err(format!(
+                    "--gpu-memory-utilization must be in (0, 1], got {u}"
+                ));
             }
         }
         let s = self.sched();

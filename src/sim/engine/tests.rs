@@ -388,7 +388,10 @@ fn issue13_gpu_memory_utilization_sizes_the_kv_cache_and_too_little_is_oom() {
     e.kv_cache_dtype = KvCacheDtype::Auto;
     e.gpu_memory_utilization = Some(0.7);
     let err = e.validate().unwrap_err();
-    assert!(err.contains("No available memory for the cache blocks"), "{err}");
+    assert!(
+        err.contains("No available memory for the cache blocks"),
+        "{err}"
+    );
     e.gpu_memory_utilization = Some(0.9);
     e.max_model_len = Some(1_000_000);
     let err = e.validate().unwrap_err();
