@@ -559,6 +559,58 @@ fn issue13_live_capacity_doubles_then_bisects_to_5pct() {
 }
 
 #[test]
+fn issue13_live_cost_prices_good_tokens_with_the_gpu_count_of_each_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    // gpus: 1 for max-num-seqs 8, 2 for 16: the bigger batch must earn its second GPU.
+    let space = "knobs:\n  max_num_seqs: {values: [8, 16], default: 8}\ngpus: max_num_seqs / 8\n";
+    let launch = format!(
+        "{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}",
+        mock()
+    );
+    let (out, report) = tune_cli(
+        dir.path(),
+        space,
+        &launch,
+        &[
+            "--objective",
+            "cost",
+            "--rate",
+            "4",
+            "--gpu-cost-per-hour",
+            "3.6",
+            "--slo",
+            "ttft=2s",
+            "--probe-duration",
+            "2s",
+            "--confirm-rounds",
+            "0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report.unwrap();
+    assert_eq!(r.unit, "$/1M good tok");
+    for (t, gpus) in r.trials.iter().zip([1.0, 2.0]) {
+        let m = t.outcome.measurement().unwrap();
+        let good = m.output_tokens_per_s * m.slo_attainment.unwrap();
+        let expected = 3.6 * gpus / 3600.0 / good * 1e6;
+        assert!(
+            (m.value - expected).abs() < 1e-6 * expected,
+            "{} vs {expected}",
+            m.value
+        );
+    }
+    // At 4 req/s both keep up, so one GPU is the cheaper configuration.
+    assert_eq!(
+        r.recommendation.unwrap().knobs["max_num_seqs"],
+        Value::Int(8)
+    );
+}
+
+#[test]
 fn issue13_trial_timeout_and_unhealthy_engine_leave_no_process_alive() {
     let dir = tempfile::tempdir().unwrap();
     // delay 30s: /health answers 503 past --startup-timeout; delay 0s: healthy,

@@ -224,85 +224,25 @@ pub async fn run<E: Evaluator>(
     mut on_trial: impl FnMut(&TrialRecord),
 ) -> Result<TuneReport, TuneError> {
     let started = Instant::now();
-    let mut journal = Journal::open(cfg)?;
-    report::check_outputs(cfg)?;
     let mut state = State {
         cfg,
         started,
+        journal: Journal::open(cfg)?,
         records: Vec::new(),
         stop_reason: None,
     };
-    let searcher_name = {
-        let mut searcher = search::for_space(&cfg.space, cfg.trials, cfg.seed);
-        let mut infeasible_run = 0usize;
-        for i in 0..cfg.trials {
-            if let Some(why) = state.should_stop(controls) {
-                state.stop_reason = Some(why);
-                break;
-            }
-            let candidate = if i == 0 {
-                cfg.space.defaults()
-            } else {
-                match searcher.propose(&state.observations()) {
-                    Some(c) => c,
-                    None => break,
-                }
-            };
-            let req = EvalRequest {
-                label: format!("trial-{i}"),
-                candidate,
-                hint: None,
-            };
-            let Some(rec) = state
-                .step(eval, &mut journal, req, report::Phase::Search, controls)
-                .await?
-            else {
-                state.stop_reason = Some("interrupted".into());
-                break;
-            };
-            on_trial(&rec);
-            infeasible_run = if rec.outcome.is_infeasible() {
-                infeasible_run + 1
-            } else {
-                0
-            };
-            if infeasible_run >= MAX_INFEASIBLE_IN_A_ROW {
-                state.stop_reason = Some(format!(
-                    "stopped: {MAX_INFEASIBLE_IN_A_ROW} configurations in a row failed to start (last: {}); check the template and the space (e.g. memory settings) before tuning further",
-                    rec.outcome.reason().unwrap_or_default()
-                ));
-                break;
-            }
-        }
-        searcher.name()
-    };
+    report::check_outputs(cfg)?;
+    let searcher = state.search(eval, controls, &mut on_trial).await?;
     let finalists = confirm::finalists(cfg, &state.records);
     if state.stop_reason.is_none() && cfg.confirm_rounds > 0 && finalists.len() >= 2 {
-        'rounds: for round in 1..=cfg.confirm_rounds {
-            for (k, &idx) in confirm::round_order(&finalists, round).iter().enumerate() {
-                if let Some(why) = state.should_stop(controls) {
-                    state.stop_reason = Some(format!("confirm phase cut short: {why}"));
-                    break 'rounds;
-                }
-                let r = &state.records[idx];
-                let req = EvalRequest {
-                    label: format!("confirm-{round}-{k}"),
-                    candidate: r.knobs.clone(),
-                    hint: r.outcome.value(),
-                };
-                let phase = report::Phase::Confirm { round, of: idx };
-                let Some(rec) = state.step(eval, &mut journal, req, phase, controls).await? else {
-                    state.stop_reason = Some("confirm phase cut short: interrupted".into());
-                    break 'rounds;
-                };
-                on_trial(&rec);
-            }
-        }
+        state
+            .confirm(eval, controls, &finalists, &mut on_trial)
+            .await?;
     }
     let report = report::build(
         cfg,
         state.records,
-        searcher_name,
+        searcher,
         state.stop_reason,
         started.elapsed(),
     );
@@ -313,11 +253,98 @@ pub async fn run<E: Evaluator>(
 struct State<'a> {
     cfg: &'a TuneConfig,
     started: Instant,
+    journal: Journal,
     records: Vec<TrialRecord>,
     stop_reason: Option<String>,
 }
 
 impl State<'_> {
+    /// The search phase: trial 0 the defaults, then the searcher's
+    /// proposals; stops early on Ctrl-C, the budget, or
+    /// [`MAX_INFEASIBLE_IN_A_ROW`] infeasible starts. Returns the searcher's name.
+    async fn search<E: Evaluator>(
+        &mut self,
+        eval: &mut E,
+        controls: &Controls,
+        on_trial: &mut impl FnMut(&TrialRecord),
+    ) -> Result<&'static str, TuneError> {
+        let cfg = self.cfg;
+        let mut searcher = search::for_space(&cfg.space, cfg.trials, cfg.seed);
+        let mut infeasible_run = 0usize;
+        for i in 0..cfg.trials {
+            if let Some(why) = self.should_stop(controls) {
+                self.stop_reason = Some(why);
+                break;
+            }
+            let candidate = if i == 0 {
+                cfg.space.defaults()
+            } else {
+                match searcher.propose(&self.observations()) {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
+            let req = EvalRequest {
+                label: format!("trial-{i}"),
+                candidate,
+                hint: None,
+            };
+            let Some(rec) = self
+                .step(eval, req, report::Phase::Search, controls)
+                .await?
+            else {
+                self.stop_reason = Some("interrupted".into());
+                break;
+            };
+            on_trial(&rec);
+            infeasible_run = if rec.outcome.is_infeasible() {
+                infeasible_run + 1
+            } else {
+                0
+            };
+            if infeasible_run >= MAX_INFEASIBLE_IN_A_ROW {
+                self.stop_reason = Some(format!(
+                    "stopped: {MAX_INFEASIBLE_IN_A_ROW} configurations in a row failed to start (last: {}); check the template and the space (e.g. memory settings) before tuning further",
+                    rec.outcome.reason().unwrap_or_default()
+                ));
+                break;
+            }
+        }
+        Ok(searcher.name())
+    }
+
+    /// The confirm phase: `finalists` (search trial indices) re-measured in
+    /// rotated order each round.
+    async fn confirm<E: Evaluator>(
+        &mut self,
+        eval: &mut E,
+        controls: &Controls,
+        finalists: &[usize],
+        on_trial: &mut impl FnMut(&TrialRecord),
+    ) -> Result<(), TuneError> {
+        for round in 1..=self.cfg.confirm_rounds {
+            for (k, &idx) in confirm::round_order(finalists, round).iter().enumerate() {
+                if let Some(why) = self.should_stop(controls) {
+                    self.stop_reason = Some(format!("confirm phase cut short: {why}"));
+                    return Ok(());
+                }
+                let r = &self.records[idx];
+                let req = EvalRequest {
+                    label: format!("confirm-{round}-{k}"),
+                    candidate: r.knobs.clone(),
+                    hint: r.outcome.value(),
+                };
+                let phase = report::Phase::Confirm { round, of: idx };
+                let Some(rec) = self.step(eval, req, phase, controls).await? else {
+                    self.stop_reason = Some("confirm phase cut short: interrupted".into());
+                    return Ok(());
+                };
+                on_trial(&rec);
+            }
+        }
+        Ok(())
+    }
+
     fn observations(&self) -> Vec<Observation> {
         self.records
             .iter()
@@ -342,13 +369,12 @@ impl State<'_> {
     async fn step<E: Evaluator>(
         &mut self,
         eval: &mut E,
-        journal: &mut Journal,
         req: EvalRequest,
         phase: report::Phase,
         controls: &Controls,
     ) -> Result<Option<TrialRecord>, TuneError> {
         let index = self.records.len();
-        if let Some(rec) = journal.replay(index, &req.candidate, &phase)? {
+        if let Some(rec) = self.journal.replay(index, &req.candidate, &phase)? {
             self.records.push(rec.clone());
             return Ok(Some(rec));
         }
@@ -371,7 +397,7 @@ impl State<'_> {
         if controls.soft.is_cancelled() {
             return Ok(None);
         }
-        journal.append(&rec)?;
+        self.journal.append(&rec)?;
         self.records.push(rec.clone());
         Ok(Some(rec))
     }

@@ -17,7 +17,6 @@
 //!   requests meeting every SLO (all of them without `--slo`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::bench;
 use crate::config::BenchConfig;
@@ -305,9 +304,4 @@ pub fn signals(run: &RunReport) -> Option<Signals> {
         kv_usage_mean: avg(&|m| m.kv_cache_usage),
         running_mean: avg(&|m| m.running),
     })
-}
-
-/// `--dry-run`: how long a tune may take at most, for the printed plan.
-pub fn worst_case(cfg: &TuneConfig, trials: usize) -> Duration {
-    cfg.trial_timeout * (trials as u32 + cfg.confirm_rounds * (cfg.finalists as u32 + 1))
 }

@@ -255,7 +255,7 @@ fn recommend(
         knobs: rec.knobs.clone(),
         value,
         vs_defaults,
-        why: why(cfg, defaults, rec),
+        why: why(defaults, rec),
     })
 }
 
@@ -268,7 +268,7 @@ fn yaml(c: &Candidate) -> String {
 
 /// Two or three sentences of why, from the server metrics of the defaults
 /// and of the recommendation.
-pub fn why(cfg: &TuneConfig, defaults: Option<&TrialRecord>, rec: &TrialRecord) -> Vec<String> {
+pub fn why(defaults: Option<&TrialRecord>, rec: &TrialRecord) -> Vec<String> {
     let mut out = Vec::new();
     let changed: Vec<String> = defaults
         .map(|d| {
@@ -333,7 +333,6 @@ pub fn why(cfg: &TuneConfig, defaults: Option<&TrialRecord>, rec: &TrialRecord) 
             if rk > 0.9 { " (close to full: more KV memory, e.g. gpu_memory_utilization or fp8 KV, may help further)" } else { "" }
         ));
     }
-    let _ = cfg;
     out.truncate(4);
     out
 }
