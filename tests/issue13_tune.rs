@@ -404,6 +404,29 @@ fn alive(pgid: i32) -> bool {
     })
 }
 
+/// Checks the `--json` file against docs/tune.schema.json.
+fn assert_schema(dir: &Path) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/tune.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v
+        .iter_errors(&doc)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mut bad = doc.clone();
+    bad["trials"][0]["outcome"]["status"] = "weird".into();
+    assert!(!v.is_valid(&bad), "the schema checks outcomes");
+}
+
 fn mock() -> String {
     throtl::tune::template::quote(BIN)
 }
@@ -482,6 +505,7 @@ fn issue13_live_tune_end_to_end_infeasible_oom_reported_and_no_process_left() {
             .count()
             >= r.trials.len()
     );
+    assert_schema(dir.path());
     let html = std::fs::read_to_string(dir.path().join("t.html")).unwrap();
     assert!(
         html.contains("Pareto front")
@@ -556,6 +580,7 @@ fn issue13_live_capacity_doubles_then_bisects_to_5pct() {
         assert!(m.slo_attainment.is_some() && m.run_ids.len() == m.probes.len());
     }
     assert!(stdout.contains("req/s"), "{stdout}");
+    assert_schema(dir.path());
 }
 
 #[test]
@@ -655,6 +680,7 @@ fn issue13_trial_timeout_and_unhealthy_engine_leave_no_process_alive() {
     }
     assert!(r.recommendation.is_none());
     assert!(stdout.contains("nothing to recommend"), "{stdout}");
+    assert_schema(dir.path());
 }
 
 #[test]
