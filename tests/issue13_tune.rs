@@ -738,6 +738,112 @@ fn issue13_ctrl_c_stops_the_running_engine() {
     }
 }
 
+#[test]
+fn issue13_live_resume_after_sigkill_replays_finished_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = write(
+        dir.path(),
+        "space.yaml",
+        "knobs:\n  max_num_seqs: {values: [1, 2, 4, 8, 16], default: 1}\n",
+    );
+    let journal = dir.path().join("j.jsonl");
+    let launch = format!(
+        "{} mock --port {{port}} --max-num-seqs {{max_num_seqs}}",
+        mock()
+    );
+    let tune = |resume: bool| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "tune",
+            "--no-store",
+            "--objective",
+            "throughput",
+            "--probe-duration",
+            "1s",
+            "--confirm-rounds",
+            "0",
+        ])
+        .args([
+            "--tokenizer",
+            "words",
+            "--output-tokens",
+            "16",
+            "--warmup",
+            "2",
+            "--launch",
+            &launch,
+            "--space",
+        ])
+        .arg(&space)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--json")
+        .arg(dir.path().join("r.json"));
+        if resume {
+            c.arg("--resume");
+        }
+        c
+    };
+    let mut child = tune(false)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || {
+        std::fs::read_to_string(&journal)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines() < 3 {
+        assert!(Instant::now() < deadline, "no two trials journaled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: the tune cannot stop the engine in flight, so the test does,
+    // by its group. SIGSTOP first, so no engine starts between the listing and the kill.
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(50));
+    let orphans = children(child.id() as i32);
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    for g in &orphans {
+        unsafe { libc::kill(-g, libc::SIGKILL) };
+    }
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let done: Vec<serde_json::Value> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(done.len() >= 2);
+    let out = tune(true).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: TuneReport =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(r.trials.len(), 5);
+    // The finished trials are replayed (same engine process groups), not re-run.
+    for (old, new) in done.iter().zip(&r.trials) {
+        assert_eq!(
+            old["pgid"].as_i64(),
+            new.pgid.map(i64::from),
+            "{} was re-run",
+            new.label
+        );
+    }
+    let fresh: Vec<i32> = r.trials[done.len()..]
+        .iter()
+        .filter_map(|t| t.pgid)
+        .collect();
+    assert_eq!(fresh.len(), 5 - done.len());
+    for g in fresh.iter().chain(&orphans) {
+        assert!(!alive(*g), "group {g} alive");
+    }
+}
+
 /// Pids whose parent is `pid` (from /proc).
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")
