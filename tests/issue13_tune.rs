@@ -95,6 +95,7 @@ struct ModelEvaluator {
     labels: Vec<String>,
     cancel_after: Option<(usize, Controls)>,
     infeasible: fn(&Candidate) -> bool,
+    delay: Duration,
 }
 
 impl ModelEvaluator {
@@ -107,12 +108,14 @@ impl ModelEvaluator {
             labels: Vec::new(),
             cancel_after: None,
             infeasible: |_| false,
+            delay: Duration::ZERO,
         }
     }
 }
 
 impl Evaluator for ModelEvaluator {
     async fn evaluate(&mut self, req: &EvalRequest) -> Evaluation {
+        tokio::time::sleep(self.delay).await;
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         self.labels.push(req.label.clone());
         let jitter = 1.0 + self.noise * (self.rng.random::<f64>() * 2.0 - 1.0);
@@ -275,6 +278,34 @@ fn issue13_three_infeasible_starts_in_a_row_stop_the_search() {
     );
     assert!(r.confirm.is_none());
     assert!(throtl::tune::report::render(&r).contains("No available memory"));
+}
+
+#[test]
+fn issue13_budget_ends_the_tune_after_the_trial_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tune_config(
+        dir.path(),
+        SEQS_SPACE,
+        "x {port} {max_num_seqs}",
+        &["--budget", "250ms"],
+    );
+    let mut eval = ModelEvaluator::new(0.0, |c| virtual_throughput(int(c, "max_num_seqs"), 64));
+    eval.delay = Duration::from_millis(100);
+    let r = run(&cfg, &mut eval, &Controls::default());
+    assert_eq!(
+        r.trials.len(),
+        3,
+        "trials at 0, 100 and 200 ms; none started after 250 ms"
+    );
+    assert!(
+        r.stopped
+            .as_deref()
+            .unwrap()
+            .contains("--budget 250ms used up"),
+        "{:?}",
+        r.stopped
+    );
+    assert!(r.confirm.is_none() && r.recommendation.is_some());
 }
 
 #[test]
