@@ -154,63 +154,20 @@ fn verdict(cfg: &TuneConfig, finalists: Vec<Finalist>, rounds: u32) -> Confirmat
     let score = |f: &Finalist| cfg.objective.score(f.mean);
     let mut order: Vec<usize> = (0..finalists.len()).collect();
     order.sort_by(|&a, &b| score(&finalists[b]).total_cmp(&score(&finalists[a])));
+    let cmp = |c: usize, b: usize| {
+        let (fb, fc): (&Finalist, &Finalist) = (&finalists[b], &finalists[c]);
+        compare(&fb.samples, &fc.samples, fb.trial, higher)
+    };
     let (best, runner) = (order[0], order[1]);
     let defaults = finalists.iter().position(|f| f.is_default);
-    let cmp = |c: usize, b: usize| {
-        compare(
-            &finalists[b].samples,
-            &finalists[c].samples,
-            finalists[b].trial,
-            higher,
-        )
+    let ranked = Ranked {
+        best,
+        runner,
+        defaults,
+        vs_runner: cmp(best, runner),
+        vs_def: defaults.filter(|&d| d != best).and_then(|d| cmp(best, d)),
     };
-    let vs_runner_up = cmp(best, runner);
-    let beats_runner = vs_runner_up.as_ref().is_some_and(|c| c.better);
-    let name = |i: usize| {
-        let f: &Finalist = &finalists[i];
-        if f.is_default {
-            "the defaults".to_string()
-        } else {
-            format!("trial-{}", f.trial)
-        }
-    };
-    let p = |c: &Option<Comparison>| c.as_ref().map_or(1.0, |c| c.p_value);
-    let (winner, recommended, verdict) = match defaults {
-        Some(d) if d == best => (
-            None,
-            d,
-            if beats_runner {
-                format!(
-                    "the defaults are best: significantly ahead of {} (p = {:.3})",
-                    name(runner),
-                    p(&vs_runner_up)
-                )
-            } else {
-                format!("the candidates are indistinguishable from the defaults (best other: {}, p = {:.3}); keep the defaults", name(runner), p(&vs_runner_up))
-            },
-        ),
-        _ => {
-            let vs_def = defaults.and_then(|d| cmp(best, d));
-            let beats_def = defaults.is_none() || vs_def.as_ref().is_some_and(|c| c.better);
-            match (beats_def, beats_runner) {
-                (true, true) => (
-                    Some(best),
-                    best,
-                    format!("{} wins: significantly better than the defaults (p = {:.3}) and than the runner-up {} (p = {:.3})", name(best), p(&vs_def), name(runner), p(&vs_runner_up)),
-                ),
-                (true, false) => (
-                    None,
-                    best,
-                    format!("{} beats the defaults significantly (p = {:.3}) but is indistinguishable from {} (p = {:.3}); either will do, recommending the higher mean", name(best), p(&vs_def), name(runner), p(&vs_runner_up)),
-                ),
-                _ => (
-                    None,
-                    defaults.unwrap_or(best),
-                    format!("the candidates are indistinguishable: {} does not beat the defaults significantly (p = {:.3}); keep the defaults", name(best), p(&vs_def)),
-                ),
-            }
-        }
-    };
+    let (winner, recommended, verdict) = ranked.judge(&finalists);
     let vs_defaults = defaults
         .filter(|&d| d != recommended)
         .and_then(|d| cmp(recommended, d));
@@ -221,6 +178,69 @@ fn verdict(cfg: &TuneConfig, finalists: Vec<Finalist>, rounds: u32) -> Confirmat
         recommended,
         verdict,
         vs_defaults,
-        vs_runner_up,
+        vs_runner_up: ranked.vs_runner,
+    }
+}
+
+/// The best and runner-up finalists and how the best compares.
+struct Ranked {
+    best: usize,
+    runner: usize,
+    defaults: Option<usize>,
+    vs_runner: Option<Comparison>,
+    vs_def: Option<Comparison>,
+}
+
+fn name(f: &Finalist) -> String {
+    if f.is_default {
+        "the defaults".into()
+    } else {
+        format!("trial-{}", f.trial)
+    }
+}
+
+fn p(c: &Option<Comparison>) -> f64 {
+    c.as_ref().map_or(1.0, |c| c.p_value)
+}
+
+impl Ranked {
+    /// (winner, recommended, verdict): see the module docs.
+    fn judge(&self, f: &[Finalist]) -> (Option<usize>, usize, String) {
+        let (best, runner) = (&f[self.best], &f[self.runner]);
+        let beats_runner = self.vs_runner.as_ref().is_some_and(|c| c.better);
+        let pr = p(&self.vs_runner);
+        if self.defaults == Some(self.best) {
+            let text = if beats_runner {
+                format!(
+                    "the defaults are best: significantly ahead of {} (p = {pr:.3})",
+                    name(runner)
+                )
+            } else {
+                format!("the candidates are indistinguishable from the defaults (best other: {}, p = {pr:.3}); keep the defaults", name(runner))
+            };
+            return (None, self.best, text);
+        }
+        let against_defaults = match self.defaults {
+            Some(_) => format!("the defaults (p = {:.3})", p(&self.vs_def)),
+            None => "the defaults, which did not start".into(),
+        };
+        let beats_def = self.defaults.is_none() || self.vs_def.as_ref().is_some_and(|c| c.better);
+        match (beats_def, beats_runner) {
+            (true, true) => (
+                Some(self.best),
+                self.best,
+                format!("{} wins: significantly better than {against_defaults} and than the runner-up {} (p = {pr:.3})", name(best), name(runner)),
+            ),
+            (true, false) => (
+                None,
+                self.best,
+                format!("{} beats {against_defaults} but is indistinguishable from {} (p = {pr:.3}); either will do, recommending the higher mean", name(best), name(runner)),
+            ),
+            _ => (
+                None,
+                self.defaults.unwrap_or(self.best),
+                format!("the candidates are indistinguishable: {} does not beat {against_defaults} significantly; keep the defaults", name(best)),
+            ),
+        }
     }
 }

@@ -52,28 +52,43 @@ impl Evaluator for LiveEvaluator<'_> {
             Err(e) => return failed(None, None, None, format!("cannot pick a free port: {e}")),
         };
         let command = self.cfg.template.render(&req.candidate, port);
-        let mut engine = match EngineGuard::launch(&command, &log, self.cfg.stop_grace) {
-            Ok(g) => g,
-            Err(e) => {
-                return Evaluation {
-                    outcome: Outcome::Infeasible {
-                        reason: e.to_string(),
-                    },
-                    command: Some(command),
-                    pgid: None,
-                    log: Some(log),
-                }
+        let (outcome, pgid) = match EngineGuard::launch(&command, &log, self.cfg.stop_grace) {
+            Ok(mut engine) => {
+                let outcome = self.trial(&mut engine, port, req).await;
+                let pgid = engine.pgid();
+                // Stopped here on success, failure and timeout; on Ctrl-C
+                // (this future dropped) the guard's Drop does it.
+                engine.stop();
+                (outcome, Some(pgid))
             }
+            Err(e) => (
+                Outcome::Infeasible {
+                    reason: e.to_string(),
+                },
+                None,
+            ),
         };
-        let pgid = Some(engine.pgid());
+        Evaluation {
+            outcome,
+            command: Some(command),
+            pgid,
+            log: Some(log),
+        }
+    }
+}
+
+impl LiveEvaluator<'_> {
+    /// Health wait + measurement under `--trial-timeout`, cut short by Ctrl-C.
+    async fn trial(&self, engine: &mut EngineGuard, port: u16, req: &EvalRequest) -> Outcome {
         let url = format!("http://127.0.0.1:{port}");
         let trial = Controls {
             soft: self.controls.soft.child_token(),
             hard: self.controls.hard.child_token(),
         };
         let measured = tokio::time::timeout(self.cfg.trial_timeout, async {
+            let paths = &self.cfg.health_paths;
             if let Err(e) = engine
-                .wait_healthy(&url, &self.cfg.health_paths, self.cfg.startup_timeout)
+                .wait_healthy(&url, paths, self.cfg.startup_timeout)
                 .await
             {
                 return Outcome::Infeasible {
@@ -97,19 +112,12 @@ impl Evaluator for LiveEvaluator<'_> {
             }),
             () = self.controls.soft.cancelled() => Outcome::Failed { reason: "interrupted".into() },
         };
-        let outcome = match (outcome, engine.exit_reason()) {
+        match (outcome, engine.exit_reason()) {
             // The engine died under load: say so with its log line.
             (Outcome::Failed { reason }, Some(why)) => Outcome::Failed {
                 reason: format!("{reason}; the engine exited: {why}"),
             },
             (o, _) => o,
-        };
-        engine.stop();
-        Evaluation {
-            outcome,
-            command: Some(command),
-            pgid,
-            log: Some(log),
         }
     }
 }

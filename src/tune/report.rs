@@ -270,45 +270,54 @@ fn yaml(c: &Candidate) -> String {
 /// and of the recommendation.
 pub fn why(defaults: Option<&TrialRecord>, rec: &TrialRecord) -> Vec<String> {
     let mut out = Vec::new();
-    let changed: Vec<String> = defaults
-        .map(|d| {
-            rec.knobs
-                .iter()
-                .filter(|(k, v)| d.knobs.get(*k) != Some(*v))
-                .map(|(k, v)| {
-                    format!(
-                        "{k} {} → {v}",
-                        d.knobs.get(k).map(ToString::to_string).unwrap_or_default()
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     if rec.is_default {
         out.push("No candidate beat the engine's defaults significantly: keep them.".into());
-    } else if !changed.is_empty() {
-        out.push(format!(
-            "The recommendation changes {}.",
-            changed.join(", ")
-        ));
+    } else if let Some(d) = defaults {
+        out.extend(knob_changes(d, rec));
     }
     let sig = |r: Option<&TrialRecord>| {
         r.and_then(|r| r.outcome.measurement())
             .and_then(|m| m.signals.clone())
     };
-    let (Some(d), Some(r)) = (sig(defaults), sig(Some(rec))) else {
-        if defaults.is_some_and(|d| d.outcome.is_infeasible()) {
-            out.push(format!(
-                "The defaults did not start: {}.",
-                defaults
-                    .and_then(|d| d.outcome.reason())
-                    .unwrap_or_default()
-            ));
+    match (sig(defaults), sig(Some(rec))) {
+        (Some(d), Some(r)) => out.extend(metric_reasons(&d, &r)),
+        _ => {
+            if let Some(reason) = defaults
+                .filter(|d| d.outcome.is_infeasible())
+                .and_then(|d| d.outcome.reason())
+            {
+                out.push(format!("The defaults did not start: {reason}."));
+            }
         }
-        return out;
-    };
+    }
+    out.truncate(4);
+    out
+}
+
+/// "The recommendation changes a 1 → 2, b false → true."
+fn knob_changes(defaults: &TrialRecord, rec: &TrialRecord) -> Option<String> {
+    let changed: Vec<String> = rec
+        .knobs
+        .iter()
+        .filter(|(k, v)| defaults.knobs.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let was = defaults
+                .knobs
+                .get(k)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            format!("{k} {was} → {v}")
+        })
+        .collect();
+    (!changed.is_empty()).then(|| format!("The recommendation changes {}.", changed.join(", ")))
+}
+
+/// Queueing, preemption and KV-cache sentences, defaults against the recommendation.
+fn metric_reasons(d: &Signals, r: &Signals) -> Vec<String> {
     let pct = |x: f64| format!("{:.0} %", x * 100.0);
+    let mut out = Vec::new();
     if let (Some(dw), Some(rw)) = (d.waiting_share, r.waiting_share) {
+        // Only a clear difference in queueing is worth a sentence.
         if dw > 0.1 && dw > rw + 0.1 {
             out.push(format!(
                 "The defaults queue requests: waiting > 0 in {} of the scrapes (mean {:.1} waiting); the recommendation in {}.",
@@ -326,14 +335,17 @@ pub fn why(defaults: Option<&TrialRecord>, rec: &TrialRecord) -> Vec<String> {
         }
     }
     if let (Some(dk), Some(rk)) = (d.kv_usage_mean, r.kv_usage_mean) {
+        let full = if rk > 0.9 {
+            " (close to full: more KV memory, e.g. gpu_memory_utilization or fp8 KV, may help further)"
+        } else {
+            ""
+        };
         out.push(format!(
-            "KV cache {} full on average with the defaults, {} with the recommendation{}.",
+            "KV cache {} full on average with the defaults, {} with the recommendation{full}.",
             pct(dk),
-            pct(rk),
-            if rk > 0.9 { " (close to full: more KV memory, e.g. gpu_memory_utilization or fp8 KV, may help further)" } else { "" }
+            pct(rk)
         ));
     }
-    out.truncate(4);
     out
 }
 
@@ -380,122 +392,102 @@ pub fn fmt_value(v: f64) -> String {
 
 /// The console report: trials table, confirm verdict, recommendation.
 pub fn render(r: &TuneReport) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "throtl tune: objective {} ({}), search {}, {} trials in {:.0} s",
+    let mut s = format!(
+        "throtl tune: objective {} ({}), search {}, {} trials in {:.0} s\n",
         r.objective.name(),
         r.unit,
         r.search,
         r.trials.len(),
         r.wall_s
     );
+    render_trials(&mut s, r);
+    render_confirm(&mut s, r);
+    if let Some(stop) = &r.stopped {
+        let _ = writeln!(s, "\n{stop}");
+    }
+    render_recommendation(&mut s, r);
+    s
+}
+
+fn render_trials(s: &mut String, r: &TuneReport) {
     let _ = writeln!(
         s,
         "{:<12} {:>14} {:>9} {:>10} {:>10}  knobs / reason",
         "trial", r.unit, "SLO att.", "out tok/s", "TTFT p95"
     );
     for t in &r.trials {
-        let mark = if t.is_default { " (defaults)" } else { "" };
-        match &t.outcome {
-            Outcome::Measured(m) => {
-                let att = m
-                    .slo_attainment
-                    .map(|a| format!("{:.1} %", a * 100.0))
-                    .unwrap_or_else(|| "-".into());
-                let _ = writeln!(
-                    s,
-                    "{:<12} {:>14} {:>9} {:>10.0} {:>10.1}  {}{mark}",
-                    t.label,
-                    fmt_value(m.value),
-                    att,
-                    m.output_tokens_per_s,
-                    m.ttft_p95_ms,
-                    describe(&t.knobs)
-                );
-            }
-            Outcome::Infeasible { reason } => {
-                let _ = writeln!(
-                    s,
-                    "{:<12} {:>14} {:>9} {:>10} {:>10}  {}{mark}\n{:<12} └ {reason}",
-                    t.label,
-                    "infeasible",
-                    "",
-                    "",
-                    "",
-                    describe(&t.knobs),
-                    ""
-                );
-            }
-            Outcome::Failed { reason } => {
-                let _ = writeln!(
-                    s,
-                    "{:<12} {:>14} {:>9} {:>10} {:>10}  {}{mark}\n{:<12} └ {reason}",
-                    t.label,
-                    "failed",
-                    "",
-                    "",
-                    "",
-                    describe(&t.knobs),
-                    ""
-                );
-            }
-        }
-    }
-    if let Some(c) = &r.confirm {
-        let _ = writeln!(s, "\nconfirm ({} rounds, interleaved):", c.rounds);
-        for f in &c.finalists {
+        let knobs = describe(&t.knobs) + if t.is_default { " (defaults)" } else { "" };
+        let Some(m) = t.outcome.measurement() else {
+            let status = if t.outcome.is_infeasible() {
+                "infeasible"
+            } else {
+                "failed"
+            };
+            let reason = t.outcome.reason().unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  trial-{:<4} mean {} {} over {} samples{}",
-                f.trial,
-                fmt_value(f.mean),
-                r.unit,
-                f.samples.len(),
-                if f.is_default { " (defaults)" } else { "" }
+                "{:<12} {status:>14} {:>32}{knobs}\n{:<12} └ {reason}",
+                t.label, "", ""
             );
-        }
-        let _ = writeln!(s, "  verdict: {}", c.verdict);
+            continue;
+        };
+        let att = m
+            .slo_attainment
+            .map_or_else(|| "-".into(), |a| format!("{:.1} %", a * 100.0));
+        let _ = writeln!(
+            s,
+            "{:<12} {:>14} {att:>9} {:>10.0} {:>10.1}  {knobs}",
+            t.label,
+            fmt_value(m.value),
+            m.output_tokens_per_s,
+            m.ttft_p95_ms,
+        );
     }
-    if let Some(stop) = &r.stopped {
-        let _ = writeln!(s, "\n{stop}");
+}
+
+fn render_confirm(s: &mut String, r: &TuneReport) {
+    let Some(c) = &r.confirm else { return };
+    let _ = writeln!(s, "\nconfirm ({} rounds, interleaved):", c.rounds);
+    for f in &c.finalists {
+        let _ = writeln!(
+            s,
+            "  trial-{:<4} mean {} {} over {} samples{}",
+            f.trial,
+            fmt_value(f.mean),
+            r.unit,
+            f.samples.len(),
+            if f.is_default { " (defaults)" } else { "" }
+        );
     }
-    match &r.recommendation {
-        Some(rec) => {
-            let _ = writeln!(
-                s,
-                "\nrecommended (trial-{}): {} {}",
-                rec.trial,
-                fmt_value(rec.value),
-                r.unit
-            );
-            if let Some(c) = &rec.vs_defaults {
-                let _ = writeln!(
-                    s,
-                    "  vs defaults: {:+.1} % (95 % CI {:+.1} % … {:+.1} %, Mann–Whitney p = {:.3})",
-                    c.rel * 100.0,
-                    c.rel_ci.0 * 100.0,
-                    c.rel_ci.1 * 100.0,
-                    c.p_value
-                );
-            }
-            let _ = writeln!(s, "  launch: {}", rec.command);
-            let _ = writeln!(
-                s,
-                "  yaml:\n{}",
-                rec.yaml
-                    .lines()
-                    .map(|l| format!("    {l}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            for w in &rec.why {
-                let _ = writeln!(s, "  why: {w}");
-            }
-        }
-        None => {
-            let _ = writeln!(s, "\nno trial was measured: nothing to recommend");
-        }
+    let _ = writeln!(s, "  verdict: {}", c.verdict);
+}
+
+fn render_recommendation(s: &mut String, r: &TuneReport) {
+    let Some(rec) = &r.recommendation else {
+        let _ = writeln!(s, "\nno trial was measured: nothing to recommend");
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\nrecommended (trial-{}): {} {}",
+        rec.trial,
+        fmt_value(rec.value),
+        r.unit
+    );
+    if let Some(c) = &rec.vs_defaults {
+        let _ = writeln!(
+            s,
+            "  vs defaults: {:+.1} % (95 % CI {:+.1} % … {:+.1} %, Mann–Whitney p = {:.3})",
+            c.rel * 100.0,
+            c.rel_ci.0 * 100.0,
+            c.rel_ci.1 * 100.0,
+            c.p_value
+        );
     }
-    s
+    let _ = writeln!(s, "  launch: {}", rec.command);
+    let yaml: Vec<String> = rec.yaml.lines().map(|l| format!("    {l}")).collect();
+    let _ = writeln!(s, "  yaml:\n{}", yaml.join("\n"));
+    for w in &rec.why {
+        let _ = writeln!(s, "  why: {w}");
+    }
 }
