@@ -20,7 +20,7 @@ use crate::engine::ShardSlice;
 use crate::engine::StopCondition;
 use crate::report::{RunReport, RunStatus};
 use crate::sim::engine::profile::Profile;
-use crate::sim::engine::EngineConfig;
+use crate::sim::engine::{EngineConfig, KvCacheDtype};
 use crate::sim::faults::FaultConfig;
 use crate::sim::{EngineFlavor, SimConfig};
 
@@ -36,6 +36,8 @@ pub use monitor::{HistoryArgs, HistoryFormat, MonitorArgs};
 pub use race::{RaceArgs, RankArg};
 pub use results::{CompareArgs, ExportFormat, ReportArgs, ResultArgs, RunsAction, RunsArgs};
 pub use traffic::{RecordArgs, TraceAction, TraceArgs, TraceStatsArgs};
+mod tune;
+pub use tune::{ObjectiveArg, TuneArgs};
 
 /// Measure, compare and watch LLM inference servers.
 #[derive(Debug, Parser)]
@@ -119,6 +121,8 @@ pub enum Command {
     Record(RecordArgs),
     /// Inspect request traces (Mooncake, Azure, BurstGPT, throtl record).
     Trace(TraceArgs),
+    /// Find the engine configuration that serves your traffic best: launch, measure, confirm, explain (--demo: simulator).
+    Tune(Box<TuneArgs>),
 }
 
 /// Wire protocols selectable with `--api`.
@@ -401,6 +405,9 @@ pub struct MockArgs {
     /// Engine or hosted API to imitate: routes, stream format, info endpoints, /metrics names.
     #[arg(long, value_enum, default_value = "vllm")]
     pub engine: EngineArg,
+    /// Model-load time: every route (health, models included) answers 503 until it has passed.
+    #[arg(long, value_parser = parse_duration, default_value = "0s", value_name = "DURATION")]
+    pub startup_delay: Duration,
     #[command(flatten)]
     pub engine_model: EngineArgs,
     #[command(flatten)]
@@ -438,6 +445,24 @@ pub struct EngineArgs {
     /// Add DCGM-style GPU metrics (utilisation, framebuffer) to /metrics.
     #[arg(long, conflicts_with_all = ["ttft", "itl"])]
     pub gpu_metrics: bool,
+    /// Share of GPU memory for weights, activations and KV cache (sizes the KV cache unless --kv-blocks; too little exits as vLLM does) [default: 0.9, the profile's KV blocks].
+    #[arg(long, value_name = "F", conflicts_with_all = ["ttft", "itl", "kv_blocks"])]
+    pub gpu_memory_utilization: Option<f64>,
+    /// KV-cache element type: auto (the profile's) or fp8 (half the bytes: about twice the blocks).
+    #[arg(long, value_enum, default_value = "auto", conflicts_with_all = ["ttft", "itl"])]
+    pub kv_cache_dtype: KvCacheDtypeArg,
+    /// Refuse to start (exit 1, vLLM's message) unless the KV cache holds one sequence of this many tokens.
+    #[arg(long, value_name = "TOKENS", conflicts_with_all = ["ttft", "itl"])]
+    pub max_model_len: Option<u32>,
+}
+
+/// `--kv-cache-dtype` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheDtypeArg {
+    /// The profile's element size.
+    Auto,
+    /// One byte per element.
+    Fp8,
 }
 
 /// Seeded fault injection.
@@ -662,6 +687,12 @@ impl MockArgs {
             block_size: e.block_size,
             prefix_caching: e.enable_prefix_caching,
             chunked_prefill: e.chunked_prefill,
+            gpu_memory_utilization: e.gpu_memory_utilization,
+            kv_cache_dtype: match e.kv_cache_dtype {
+                KvCacheDtypeArg::Auto => KvCacheDtype::Auto,
+                KvCacheDtypeArg::Fp8 => KvCacheDtype::Fp8,
+            },
+            max_model_len: e.max_model_len,
         }))
     }
 
@@ -694,6 +725,7 @@ impl MockArgs {
             faults: self.fault_config(),
             gpu_metrics: self.engine_model.gpu_metrics,
             engine: self.engine.into(),
+            startup_delay: self.startup_delay,
         })
     }
 }
@@ -772,6 +804,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Discover(args) => k8s::run_discover(&args),
         Command::Record(args) => traffic::run_record(&args),
         Command::Trace(args) => traffic::run_trace(&args),
+        Command::Tune(args) => tune::run_tune(&args),
     }
 }
 
@@ -947,6 +980,7 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
         }
         None => format!("fixed delays: ttft {:?}, itl {:?}", cfg.ttft, cfg.itl),
     };
+    let delay = cfg.startup_delay;
     let handle = crate::sim::start(cfg)?;
     eprintln!(
         "throtl mock ({:?}) listening on {} ({what}); Ctrl-C to stop",
@@ -955,8 +989,17 @@ fn run_mock(args: &MockArgs) -> Result<ExitCode> {
     );
     print_stdout(&format!("{}\n", handle.url()));
     let rt = runtime(Some(1))?;
-    rt.block_on(async { tokio::signal::ctrl_c().await })
-        .context("cannot wait for Ctrl-C")?;
+    rt.block_on(async {
+        if !delay.is_zero() {
+            eprintln!(
+                "INFO: loading model weights ({delay:?} start-up); routes answer 503 until then"
+            );
+            tokio::time::sleep(delay).await;
+            eprintln!("INFO: Application startup complete.");
+        }
+        tokio::signal::ctrl_c().await
+    })
+    .context("cannot wait for Ctrl-C")?;
     drop(handle);
     Ok(ExitCode::SUCCESS)
 }

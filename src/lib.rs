@@ -37,6 +37,7 @@ pub mod sys;
 pub mod timer;
 pub mod trace;
 pub mod tui;
+pub mod tune;
 
 use std::time::Duration;
 

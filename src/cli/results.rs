@@ -16,7 +16,7 @@ use crate::scrape::unix_ms;
 use crate::store::Store;
 
 /// Bench flags for history, report files and cost.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ResultArgs {
     /// History database the run is stored in [default: $XDG_DATA_HOME/throtl/throtl.db or ~/.local/share/throtl/throtl.db].
     #[arg(long, env = "THROTL_DB", value_name = "PATH", help_heading = "Results")]

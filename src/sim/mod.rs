@@ -92,6 +92,9 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// Add DCGM-style GPU metrics to `/metrics` (engine model only).
     pub gpu_metrics: bool,
+    /// Model-load time: until it has passed, every route (health and models
+    /// included) answers 503, as an engine still loading weights would.
+    pub startup_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -108,6 +111,7 @@ impl Default for SimConfig {
             engine_model: None,
             faults: FaultConfig::default(),
             gpu_metrics: false,
+            startup_delay: Duration::ZERO,
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum SimError {
 
 pub(crate) struct SimState {
     pub(crate) cfg: SimConfig,
+    /// Start-up ends here (`startup_delay` after the listener was bound).
+    pub(crate) ready_at: std::time::Instant,
     pub(crate) metrics: Arc<SimMetrics>,
     pub(crate) model: Box<dyn EngineModel>,
 }
@@ -226,6 +232,7 @@ pub fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         ));
     }
     let state = Arc::new(SimState {
+        ready_at: std::time::Instant::now() + cfg.startup_delay,
         cfg,
         metrics,
         model,
@@ -302,7 +309,30 @@ fn router(state: Arc<SimState>) -> Router {
         state.clone(),
         info::engine_headers,
     ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        refuse_while_starting,
+    ))
     .with_state(state)
+}
+
+/// During `--startup-delay` every request gets 503, so a client can only
+/// learn that the engine is ready by polling (as with a real engine loading
+/// weights).
+async fn refuse_while_starting(
+    axum::extract::State(st): axum::extract::State<Arc<SimState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if std::time::Instant::now() < st.ready_at {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "engine is starting (loading weights)",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn metrics_text(

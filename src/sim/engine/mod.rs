@@ -43,7 +43,36 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// `--chunked-prefill` (on by default, as in vLLM V1).
     pub chunked_prefill: bool,
+    /// `--gpu-memory-utilization`: share of GPU memory the engine may use
+    /// (weights, activations, KV cache). `None`: the profile's `kv_blocks`.
+    pub gpu_memory_utilization: Option<f64>,
+    /// `--kv-cache-dtype`: FP8 halves the bytes of a cached token, so about
+    /// twice the blocks fit in the same memory and attention reads half the bytes.
+    pub kv_cache_dtype: KvCacheDtype,
+    /// `--max-model-len`: the KV cache must hold one sequence this long, or
+    /// the engine refuses to start (as vLLM does). `None`: no such check.
+    pub max_model_len: Option<u32>,
 }
+
+/// Element type of the KV cache (`--kv-cache-dtype`, vLLM's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    /// The profile's `kv_bytes_per_elem` (FP16/BF16 in the built-ins).
+    #[default]
+    Auto,
+    /// One byte per element.
+    Fp8,
+}
+
+/// vLLM's default `--gpu-memory-utilization`; the built-in profiles'
+/// `kv_blocks` are what is left for the KV cache at this share.
+pub const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;
+
+/// The engine cannot start with this configuration: the message is the log
+/// line a real engine prints before exiting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct OutOfMemory(pub String);
 
 impl EngineConfig {
     /// vLLM's defaults on `profile`.
@@ -56,6 +85,71 @@ impl EngineConfig {
             block_size: 16,
             prefix_caching: false,
             chunked_prefill: true,
+            gpu_memory_utilization: None,
+            kv_cache_dtype: KvCacheDtype::Auto,
+            max_model_len: None,
+        }
+    }
+
+    /// The profile as the engine runs it: with `--kv-cache-dtype fp8`, one
+    /// byte per cached element.
+    pub fn engine_profile(&self) -> Profile {
+        let mut p = self.profile.clone();
+        if self.kv_cache_dtype == KvCacheDtype::Fp8 {
+            p.kv_bytes_per_elem = 1.0;
+        }
+        p
+    }
+
+    /// KV blocks when `--kv-blocks` is not given: the profile's, unless
+    /// `--gpu-memory-utilization` or `--kv-cache-dtype` change the memory
+    /// left for the cache (see [`EngineConfig::kv_budget_bytes`]).
+    fn default_kv_blocks(&self) -> u32 {
+        if self.gpu_memory_utilization.is_none() && self.kv_cache_dtype == KvCacheDtype::Auto {
+            return self.profile.kv_blocks;
+        }
+        let block = self.engine_profile().kv_bytes_per_token() * f64::from(self.block_size.max(1));
+        (self.kv_budget_bytes().max(0.0) / block)
+            .floor()
+            .min(f64::from(u32::MAX)) as u32
+    }
+
+    /// Bytes left for the KV cache on all GPUs: the utilisation's share of
+    /// memory minus the weights and the activation reserve. The reserve is
+    /// what the profile implies at vLLM's default utilisation 0.9 (memory ×
+    /// 0.9 − weights − the profile's KV blocks), so 0.9 reproduces the
+    /// profile's `kv_blocks`.
+    pub fn kv_budget_bytes(&self) -> f64 {
+        let p = &self.profile;
+        let memory = p.gpu_memory_gb * 1e9 * f64::from(p.gpus);
+        let profile_kv = f64::from(p.kv_blocks) * p.kv_bytes_per_token() * 16.0;
+        let reserve =
+            (memory * DEFAULT_GPU_MEMORY_UTILIZATION - p.weight_bytes() - profile_kv).max(0.0);
+        let util = self
+            .gpu_memory_utilization
+            .unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION);
+        memory * util - p.weight_bytes() - reserve
+    }
+
+    /// Whether the weights and the smallest usable KV cache fit; the error
+    /// is the line vLLM logs before it exits.
+    pub fn check_memory(&self) -> Result<(), OutOfMemory> {
+        let s = self.sched();
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        if s.kv_blocks == 0 {
+            return Err(OutOfMemory(format!(
+                "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine. (weights {:.2} GiB, KV budget {:.2} GiB at gpu_memory_utilization {})",
+                gib(self.profile.weight_bytes()),
+                gib(self.kv_budget_bytes()),
+                self.gpu_memory_utilization.unwrap_or(DEFAULT_GPU_MEMORY_UTILIZATION)
+            )));
+        }
+        let capacity = u64::from(s.kv_blocks) * u64::from(s.block_size);
+        match self.max_model_len {
+            Some(len) if u64::from(len) > capacity => Err(OutOfMemory(format!(
+                "ValueError: The model's max seq len ({len}) is larger than the maximum number of tokens that can be stored in KV cache ({capacity}). Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -66,7 +160,7 @@ impl EngineConfig {
             max_num_batched_tokens: self
                 .max_num_batched_tokens
                 .unwrap_or(self.profile.max_num_batched_tokens),
-            kv_blocks: self.kv_blocks.unwrap_or(self.profile.kv_blocks),
+            kv_blocks: self.kv_blocks.unwrap_or_else(|| self.default_kv_blocks()),
             block_size: self.block_size,
             prefix_caching: self.prefix_caching,
             chunked_prefill: self.chunked_prefill,
@@ -78,18 +172,27 @@ impl EngineConfig {
         self.profile
             .validate()
             .map_err(|e| format!("profile '{}': {e}", self.profile.name))?;
+        if let Some(u) = self.gpu_memory_utilization {
+            if !(u > 0.0 && u <= 1.0) {
+                return Err(format!(
+                    "--gpu-memory-utilization must be in (0, 1], got {u}"
+                ));
+            }
+        }
         let s = self.sched();
         for (flag, v) in [
             ("--max-num-seqs", s.max_num_seqs),
             ("--max-num-batched-tokens", s.max_num_batched_tokens),
-            ("--kv-blocks", s.kv_blocks),
             ("--block-size", s.block_size),
         ] {
             if v == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
         }
-        Ok(())
+        if self.kv_blocks == Some(0) {
+            return Err("--kv-blocks must be at least 1".into());
+        }
+        self.check_memory().map_err(|e| e.0)
     }
 
     /// What DCGM-style GPU metrics are computed from.
@@ -99,7 +202,7 @@ impl EngineConfig {
             gpus: p.gpus,
             memory_bytes: p.gpu_memory_gb * 1e9,
             weight_bytes: p.weight_bytes(),
-            kv_block_bytes: p.kv_bytes_per_token() * f64::from(self.block_size),
+            kv_block_bytes: self.engine_profile().kv_bytes_per_token() * f64::from(self.block_size),
         }
     }
 }
@@ -128,7 +231,7 @@ impl BatchEngine {
         metrics: Arc<SimMetrics>,
     ) -> Self {
         let sched = cfg.sched();
-        let core = SchedulerCore::new(sched.clone(), cfg.profile.clone());
+        let core = SchedulerCore::new(sched.clone(), cfg.engine_profile());
         let (submit, rx) = mpsc::unbounded_channel();
         let epoch = Instant::now();
         let pending = Arc::new(AtomicUsize::new(0));

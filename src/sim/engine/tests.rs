@@ -371,3 +371,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn issue13_gpu_memory_utilization_sizes_the_kv_cache_and_too_little_is_oom() {
+    use super::{EngineConfig, KvCacheDtype};
+    let mut e = EngineConfig::new(rtx4090());
+    // vLLM's default share reproduces the profile's blocks.
+    e.gpu_memory_utilization = Some(0.9);
+    assert_eq!(e.sched().kv_blocks, rtx4090().kv_blocks);
+    e.gpu_memory_utilization = Some(0.95);
+    let more = e.sched().kv_blocks;
+    assert!(more > rtx4090().kv_blocks, "{more}");
+    e.kv_cache_dtype = KvCacheDtype::Fp8;
+    let fp8 = e.sched().kv_blocks;
+    assert!((fp8 as i64 - 2 * more as i64).abs() <= 1, "{fp8} vs {more}");
+    e.kv_cache_dtype = KvCacheDtype::Auto;
+    e.gpu_memory_utilization = Some(0.7);
+    let err = e.validate().unwrap_err();
+    assert!(
+        err.contains("No available memory for the cache blocks"),
+        "{err}"
+    );
+    e.gpu_memory_utilization = Some(0.9);
+    e.max_model_len = Some(1_000_000);
+    let err = e.validate().unwrap_err();
+    assert!(err.contains("max seq len (1000000)"), "{err}");
+}
