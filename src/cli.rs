@@ -602,6 +602,19 @@ impl BenchArgs {
         model: String,
         api: ApiKind,
     ) -> Result<BenchConfig> {
+        // Checked here, not as clap conflicts: `tune` flattens the same
+        // workload flags without bench's --requests/--duration/--interleave.
+        if self.shape.trace.is_some() {
+            for (given, flag) in [
+                (self.requests.is_some(), "--requests"),
+                (self.duration.is_some(), "--duration"),
+                (self.interleave.is_some(), "--interleave"),
+            ] {
+                if given {
+                    anyhow::bail!("--trace decides how many requests are sent and when: leave out {flag} (use --trace-max-requests or --trace-window)");
+                }
+            }
+        }
         let stop = match (self.requests, self.duration) {
             (_, Some(d)) => StopCondition::Duration(d),
             (Some(n), None) => StopCondition::Requests(n),

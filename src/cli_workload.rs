@@ -96,7 +96,7 @@ pub struct WorkloadArgs {
     pub slo_percentile: f64,
 
     /// Replay a trace at its own timestamps: mooncake:FILE.jsonl, azure:FILE.csv, burstgpt:FILE.csv or throtl:FILE (from `throtl record`).
-    #[arg(long, value_name = "FORMAT:PATH", value_parser = TraceSpec::parse, conflicts_with_all = ["rate", "concurrency", "users", "think_time", "arrival", "burstiness", "dataset", "input_tokens", "output_tokens", "prefix_tokens", "prefix_groups", "turns", "requests", "duration", "ramp_up", "interleave"], help_heading = "Trace")]
+    #[arg(long, value_name = "FORMAT:PATH", value_parser = TraceSpec::parse, conflicts_with_all = ["rate", "concurrency", "users", "think_time", "arrival", "burstiness", "dataset", "input_tokens", "output_tokens", "prefix_tokens", "prefix_groups", "turns", "ramp_up"], help_heading = "Trace")]
     pub trace: Option<TraceSpec>,
     /// Replay the trace this many times faster (2 halves every gap).
     #[arg(
