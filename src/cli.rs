@@ -353,7 +353,7 @@ pub struct BenchArgs {
     /// Common start of every shard, RFC 3339 (e.g. 2026-12-02T10:00:00Z): each waits for it, then measures on its own clock.
     #[arg(long, value_parser = parse_rfc3339, value_name = "T0", requires = "shard", help_heading = "Sharding")]
     pub start_at: Option<time::OffsetDateTime>,
-    /// Where this shard's results go [default: shard-K.json].
+    /// Where this shard's results go; - prints them on stdout between markers (pod logs) [default: shard-K.json].
     #[arg(
         long,
         value_name = "FILE",

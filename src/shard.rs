@@ -322,24 +322,17 @@ pub fn check(
 /// in its own file).
 pub fn merge(cfg: &BenchConfig, files: &[(PathBuf, ShardFile)], missing: &[u32]) -> StoredRun {
     let t0 = Instant::now();
-    let mut stats = Stats {
-        slos: cfg.workload.slos.clone(),
+    // Fold onto the first shard: its series already starts at `t0` (an
+    // empty series has no origin and would drop the others' seconds).
+    let mut shards = files.iter().map(|(_, f)| f.stats.clone().into_stats(t0));
+    let mut stats = shards.next().unwrap_or_else(|| Stats {
+        series: crate::stats::TimeSeries::starting_at(t0),
         ..Default::default()
-    };
-    let mut merged = None::<Stats>;
-    for (_, f) in files {
-        let s = f.stats.clone().into_stats(t0);
-        match merged.as_mut() {
-            Some(m) => m.merge(&s),
-            None => merged = Some(s),
-        }
+    });
+    for s in shards {
+        stats.merge(&s);
     }
-    if let Some(m) = merged {
-        stats = Stats {
-            slos: stats.slos,
-            ..m
-        };
-    }
+    stats.slos = cfg.workload.slos.clone();
     let first = files
         .iter()
         .map(|(_, f)| f.started_since_t0)
